@@ -1,0 +1,83 @@
+"""Builds the compiled backends of petal_kernels.
+
+* ``petal_kernels._C``: the C++ CPU kernels (csrc/cpu, OpenMP), always, unless skipped; in a
+  CUDA build it also carries the CUDA kernels (csrc/cuda).
+
+Environment switches (as flash-attention's):
+  PETAL_SKIP_EXT=1     build no extension (petal_kernels falls back to the reference backend)
+  PETAL_FORCE_CUDA=1   build the CUDA kernels even when torch.cuda.is_available() is False
+                       (needs a CUDA toolkit and a CUDA build of torch)
+  PETAL_NO_CUDA=1      never build the CUDA kernels
+  PETAL_CUDA_ARCHS     e.g. "80;90" (default: TORCH_CUDA_ARCH_LIST or "80;90")
+  MAX_JOBS             parallel compile jobs (ninja)
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _openmp_flags():
+    if sys.platform == "darwin":
+        return [], []
+    if sys.platform == "win32":
+        return ["/openmp"], []
+    return ["-fopenmp"], ["-fopenmp"]
+
+
+def _cuda_wanted(torch) -> bool:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if _flag("PETAL_NO_CUDA") or torch.version.cuda is None or CUDA_HOME is None:
+        return False
+    return _flag("PETAL_FORCE_CUDA") or torch.cuda.is_available()
+
+
+def extensions():
+    if _flag("PETAL_SKIP_EXT"):
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    include = [os.path.join(ROOT, "csrc", "include")]
+    omp_compile, omp_link = _openmp_flags()
+    cxx = ["-O3", "-std=c++17", *omp_compile]
+    sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    if _cuda_wanted(torch):
+        archs = os.environ.get("PETAL_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "80;90"
+        gencode = []
+        for arch in archs.replace(" ", ";").split(";"):
+            arch = arch.replace(".", "").replace("+PTX", "")
+            if arch:
+                gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+        ext = CUDAExtension(
+            "petal_kernels._C",
+            sources,
+            include_dirs=include,
+            define_macros=[("PETAL_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math", *gencode]},
+            extra_link_args=omp_link,
+        )
+    else:
+        ext = CppExtension(
+            "petal_kernels._C",
+            sources,
+            include_dirs=include,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=omp_link,
+        )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
