@@ -65,7 +65,7 @@ def extensions():
             sources,
             include_dirs=include,
             define_macros=[("PETAL_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math", *gencode]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", *gencode]},
             extra_link_args=omp_link,
         )
     else:
