@@ -34,6 +34,7 @@ def dma_linear(x, weight, bias, down, up, scale, gamma=None):
 
 def dma_linear_multi(x, weights, biases, down, ups, scales, gammas=None):
     """J projections of one ``x`` (q, k, v) sharing ``t = x @ down.T``; equals J ``dma_linear`` calls."""
+    _checks.tensor("x", x)
     J = _checks.projection_lists(weights, biases, ups, scales, gammas)
     gammas = [None] * J if gammas is None else list(gammas)
     if any(g is None for g in gammas) and not all(g is None for g in gammas):

@@ -46,7 +46,7 @@ def _canon_scale(scale: Tensor, lead: tuple, rows: int) -> Tensor:
     R = scale.shape[-1]
     if scale.numel() == R and R > 0 and (scale.dim() == 1 or all(s == 1 for s in scale.shape[:-1])):
         return scale.reshape(R).contiguous()
-    return scale.expand(*lead, scale.shape[-1]).reshape(rows, -1).contiguous()
+    return scale.expand(*lead, R).reshape(rows, R).contiguous()
 
 
 def _canon_scales(scales, lead, rows, R):
@@ -136,7 +136,7 @@ def dma_linear_backward_op(
     d_ups = [empty() if g is None else g for g in d_ups]
     d_scales = [
         empty() if g is None else
-        (g.reshape(s.shape[-1:]) if c.dim() == 1 else g.reshape(*lead, R)).sum_to_size(s.shape)
+        (g.reshape(*[1] * (s.dim() - 1), R) if c.dim() == 1 else g.reshape(*lead, R)).sum_to_size(s.shape)
         for g, c, s in zip(d_scales, canon, scales)
     ]
     d_gammas = [empty() if g is None else g for g in d_gammas]

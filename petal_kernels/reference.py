@@ -129,6 +129,12 @@ def dma_linear_backward(dys, x, weights, down, ups, scales, gammas, t, bases, ne
 # --------------------------------------------------------------------------- backend: gated_residual
 
 
+def _acc(t: Tensor) -> Tensor:
+    """Gate reductions collapse many terms into one score per row or example and can cancel
+    badly; they accumulate in float64 (float32 inputs) or float32 (half inputs)."""
+    return t.double() if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def gated_residual_forward(
     x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
     gate_vector, dropout_mask, batch,
@@ -144,14 +150,16 @@ def gated_residual_forward(
     if granularity == "large":
         g = torch.sigmoid(gate_logits)
     elif granularity == "middleX":
-        stat = (x + h2) @ gate_weight + gate_bias.reshape(())
+        stat = (_acc(x + h2) @ _acc(gate_weight) + _acc(gate_bias).reshape(())).to(x.dtype)
         g = torch.sigmoid(stat).unsqueeze(-1)
     elif granularity == "middleY":
         g = 1 + gate_vector
     else:
-        stat = x @ gate_weight[:d] + h2 @ gate_weight[d:] + gate_bias.reshape(())
+        w = _acc(gate_weight)
+        stat = _acc(x) @ w[:d] + _acc(h2) @ w[d:] + _acc(gate_bias).reshape(())
         rows = x.shape[0] // batch if batch else 0
-        g_ex = torch.sigmoid(stat).reshape(batch, rows).mean(-1)
+        g_ex = torch.sigmoid(stat).reshape(batch, rows).mean(-1).to(x.dtype)
+        stat = stat.to(x.dtype)
         g = g_ex.repeat_interleave(rows).unsqueeze(-1)
     delta = g * h2
     if dropout_mask is not None:
@@ -176,23 +184,25 @@ def gated_residual_backward(
         dh2 = e * g
         d_logits = e * h2 * g * (1 - g)
     elif granularity == "middleX":
-        sg = torch.sigmoid(stat)
-        ds = (e * h2).sum(-1) * sg * (1 - sg)  # (M,)
+        sg = torch.sigmoid(_acc(stat))
+        ds = _acc(e * h2).sum(-1) * sg * (1 - sg)  # (M,)
+        d_weight = (ds @ _acc(x + h2)).to(x.dtype)
+        d_bias = ds.sum().reshape(gate_bias.shape).to(x.dtype)
+        sg, ds = sg.to(x.dtype), ds.to(x.dtype)
         dh2 = e * sg.unsqueeze(-1) + ds.unsqueeze(-1) * gate_weight
         dx = dx + ds.unsqueeze(-1) * gate_weight
-        d_weight = ds @ (x + h2)
-        d_bias = ds.sum().reshape(gate_bias.shape)
     elif granularity == "middleY":
         dh2 = e * (1 + gate_vector)
-        d_vector = (e * h2).sum(0)
+        d_vector = _acc(e * h2).sum(0).to(x.dtype)
     else:
         rows = x.shape[0] // batch if batch else 0
-        sg = torch.sigmoid(stat)
+        sg = torch.sigmoid(_acc(stat))
         g_ex = sg.reshape(batch, rows).mean(-1)
-        dg_ex = (e * h2).sum(-1).reshape(batch, rows).sum(-1)
+        dg_ex = _acc(e * h2).sum(-1).reshape(batch, rows).sum(-1)
         ds = (dg_ex / rows).repeat_interleave(rows) * sg * (1 - sg)  # (M,)
+        d_weight = torch.cat([ds @ _acc(x), ds @ _acc(h2)]).to(x.dtype)
+        d_bias = ds.sum().reshape(gate_bias.shape).to(x.dtype)
+        g_ex, ds = g_ex.to(x.dtype), ds.to(x.dtype)
         dh2 = e * g_ex.repeat_interleave(rows).unsqueeze(-1) + ds.unsqueeze(-1) * gate_weight[d:]
         dx = dx + ds.unsqueeze(-1) * gate_weight[:d]
-        d_weight = torch.cat([ds @ x, ds @ h2])
-        d_bias = ds.sum().reshape(gate_bias.shape)
     return dx, dh2, adapter_scale * dh2, d_logits, d_weight, d_bias, d_vector

@@ -1,0 +1,149 @@
+"""gated_residual: every backend and granularity against the float64 reference (DESIGN §2.2, §2.3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import petal_kernels as pk
+from petal_kernels import reference as ref
+from tests.helpers import CPU_BACKENDS, compare, rel_err
+
+SHAPES = {
+    "odd": (3, 7, 19),
+    "one-row": (1, 1, 8),
+    "zero-rows": (2, 0, 6),
+    "zero-batch": (0, 4, 6),
+    "wide": (2, 5, 67),
+}
+
+
+def make_inputs(granularity, shape, mask=True, noncontig=False, seed=0, scales=(0.7, 0.3)):
+    g = torch.Generator().manual_seed(seed)
+    d = shape[-1]
+
+    def rand(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True)
+
+    x = torch.randn(d, *shape[:-1], generator=g, dtype=torch.float64).movedim(0, -1) if noncontig \
+        else torch.randn(*shape, generator=g, dtype=torch.float64)
+    inputs = {"x": x.requires_grad_(True), "h": rand(*shape), "u": rand(*shape),
+              "granularity": granularity, "adapter_scale": scales[0], "gate_scale": scales[1]}
+    if granularity == "large":
+        inputs["gate_logits"] = rand(*shape)
+    elif granularity == "middleX":
+        inputs["gate_weight"], inputs["gate_bias"] = rand(d), rand(1)
+    elif granularity == "middleY":
+        inputs["gate_vector"] = rand(d)
+    else:
+        inputs["gate_weight"], inputs["gate_bias"] = rand(2 * d), rand(())
+    if mask:
+        keep = torch.rand(shape, generator=g) > 0.25
+        inputs["dropout_mask"] = keep.double() / 0.75
+    return inputs
+
+
+def grad_names(inputs):
+    return [k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+
+
+@pytest.mark.parametrize("backend_name", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("granularity", pk.GRANULARITIES)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_matches_reference(backend_name, dtype, granularity, shape):
+    if backend_name == "triton" and dtype == torch.float64:
+        pytest.skip("Triton kernels run in fp32/bf16/fp16")
+    inputs = make_inputs(granularity, SHAPES[shape], mask=shape != "wide")
+    compare(backend_name, dtype, pk.gated_residual, ref.gated_residual, inputs, grad_names(inputs))
+
+
+@pytest.mark.parametrize("backend_name", CPU_BACKENDS)
+@pytest.mark.parametrize("granularity", pk.GRANULARITIES)
+def test_non_contiguous_and_2d(backend_name, granularity):
+    inputs = make_inputs(granularity, (2, 6, 13), noncontig=True, seed=5)
+    compare(backend_name, torch.float32, pk.gated_residual, ref.gated_residual, inputs, grad_names(inputs))
+    if granularity != "small":  # small needs (B, T, d); the others take any leading dims
+        flat = make_inputs(granularity, (9, 13), seed=6)
+        compare(backend_name, torch.float32, pk.gated_residual, ref.gated_residual, flat, grad_names(flat))
+
+
+@pytest.mark.parametrize("backend_name", [b for b in CPU_BACKENDS if b != "triton"])
+@pytest.mark.parametrize("granularity", pk.GRANULARITIES)
+def test_gradcheck(backend_name, granularity):
+    inputs = make_inputs(granularity, (2, 3, 5), seed=2)
+    names = grad_names(inputs)
+    fixed = {k: v for k, v in inputs.items() if k not in names}
+    with pk.use_backend(backend_name):
+        assert torch.autograd.gradcheck(lambda *a: pk.gated_residual(**fixed, **dict(zip(names, a))),
+                                        [inputs[n] for n in names])
+
+
+@pytest.mark.parametrize("granularity", pk.GRANULARITIES)
+def test_opcheck(granularity):
+    i = make_inputs(granularity, (2, 4, 6), seed=3)
+    args = (i["x"], i["h"], i["u"], granularity, 0.5, 2.0, i.get("gate_logits"), i.get("gate_weight"),
+            i.get("gate_bias"), i.get("gate_vector"), i.get("dropout_mask"))
+    torch.library.opcheck(torch.ops.petal.gated_residual.default, args)
+
+
+def test_identity_gates_reduce_to_plain_residual():
+    """middleY with g = 0 and no dropout is exactly x + gate_scale * (h + adapter_scale * u)."""
+    i = make_inputs("middleY", (2, 3, 8), mask=False)
+    with torch.no_grad():
+        i["gate_vector"].zero_()
+    out = pk.gated_residual(**i)
+    expected = i["x"] + 0.3 * (i["h"] + 0.7 * i["u"])
+    assert rel_err(out, expected) < 1e-12
+
+
+def test_small_gate_is_per_example():
+    """Changing example 1's rows must not change example 0's output under the 'small' gate."""
+    i = make_inputs("small", (2, 4, 6), mask=False)
+    out = pk.gated_residual(**i)
+    with torch.no_grad():
+        i["h"][1] += 10
+    out2 = pk.gated_residual(**i)
+    assert torch.equal(out[0], out2[0])
+    assert not torch.allclose(out[1], out2[1])
+
+
+class _Gate(torch.nn.Module):
+    def __init__(self, granularity, d=8):
+        super().__init__()
+        self.granularity = granularity
+        self.w = torch.nn.Parameter(torch.randn(2 * d if granularity == "small" else d))
+        self.b = torch.nn.Parameter(torch.randn(1))
+        self.v = torch.nn.Parameter(torch.randn(d))
+
+    def forward(self, x, h, u):
+        kw = {"large": {"gate_logits": h * 0.5},
+              "middleX": {"gate_weight": self.w, "gate_bias": self.b},
+              "middleY": {"gate_vector": self.v},
+              "small": {"gate_weight": self.w, "gate_bias": self.b}}[self.granularity]
+        return pk.gated_residual(x, h, u, self.granularity, 0.5, 0.3, **kw)
+
+
+@pytest.mark.parametrize("granularity", pk.GRANULARITIES)
+def test_torch_compile_fullgraph(granularity):
+    torch._dynamo.reset()
+    m = _Gate(granularity)
+    x, h, u = (torch.randn(2, 3, 8, requires_grad=True) for _ in range(3))
+    eager = m(x, h, u)
+    (gx,) = torch.autograd.grad(eager.sum(), [x])
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    out = compiled(x, h, u)
+    (cx,) = torch.autograd.grad(out.sum(), [x])
+    assert rel_err(out, eager) < 1e-6 and rel_err(cx, gx) < 1e-6
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(B=st.integers(0, 3), T=st.integers(0, 6), d=st.integers(1, 40),
+       granularity=st.sampled_from(pk.GRANULARITIES), mask=st.booleans(), seed=st.integers(0, 2**16),
+       a_s=st.floats(-2, 2), g_s=st.floats(0.05, 2) | st.floats(-2, -0.05))  # no float32 underflow
+def test_fuzz_shapes(B, T, d, granularity, mask, seed, a_s, g_s):
+    inputs = make_inputs(granularity, (B, T, d), mask=mask, seed=seed, scales=(a_s, g_s))
+    for name in [b for b in CPU_BACKENDS if b != "triton"]:
+        compare(name, torch.float32, pk.gated_residual, ref.gated_residual, inputs, grad_names(inputs))
