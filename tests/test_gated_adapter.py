@@ -20,7 +20,8 @@ CASES = list(itertools.product(GRANULARITIES, VARIANTS))
 
 
 def make(granularity, variant, **kw):
-    cfg = VLPetConfig(granularity=granularity, variant=variant, reduction_dim=24, num_heads=4, gate_dim=12, **kw)
+    cfg = VLPetConfig(granularity=granularity, variant=variant, reduction_dim=24, num_heads=4, gate_dim=12,
+                      **kw)
     return GatedAdapter(D_MODEL, cfg).double()
 
 
@@ -46,7 +47,7 @@ def test_output_is_reference_of_own_intermediates(granularity, variant):
     out = layer(x, h, dropout_p=0.5)  # eval: no dropout
     args = layer.intermediates(x, h)
     ref = reference.gated_residual(**args)
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     # and the intermediates are what DESIGN §1 says they are
     a = reference.gelu_new(h @ layer.adapter.down.weight.T + layer.adapter.down.bias)
     torch.testing.assert_close(args["u"], layer.adapter.up(a))
@@ -63,7 +64,7 @@ def test_training_dropout_mask_is_inverted_dropout(granularity):
     mask = F.dropout(torch.ones_like(x), 0.25, training=True)
     assert set(mask.unique().tolist()) == {0.0, 1 / 0.75}
     ref = reference.gated_residual(**layer.intermediates(x, h), dropout_mask=mask)
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     assert not torch.allclose(out, reference.gated_residual(**layer.intermediates(x, h)))
 
 
@@ -84,7 +85,8 @@ def test_parameter_count(granularity, variant):
     d, D, heads, dg = D_MODEL, 24, 4, 12
     layer = make(granularity, variant)
     up = D * d // heads + d if variant == "down_up_pair" else D * d + d
-    gate = {"large": d * dg + dg + dg * d + d, "middleX": d + 1, "middleY": d, "small": 2 * d + 1}[granularity]
+    gates = {"large": d * dg + dg + dg * d + d, "middleX": d + 1, "middleY": d, "small": 2 * d + 1}
+    gate = gates[granularity]
     assert sum(p.numel() for p in layer.parameters()) == d * D + D + up + gate
 
 
@@ -96,7 +98,7 @@ def test_init_scales_the_sublayer_output(granularity):
     args = layer.intermediates(x, h)
     assert torch.count_nonzero(args["u"]) == 0
     g0 = 1.0 if granularity == "middleY" else 0.5
-    torch.testing.assert_close(layer(x, h), x + 0.3 * g0 * h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer(x, h), x + 0.3 * g0 * h, rtol=1e-10, atol=1e-10)
     assert not torch.allclose(layer(x, h), x + h)
 
 
@@ -110,7 +112,8 @@ def test_small_gate_is_one_scalar_per_example():
     layer = randomize(make("small", "down")).eval()
     x, h = inputs(B=2, T=4)
     args = layer.intermediates(x, h)
-    g = reference.gate("small", x, h + args["u"], gate_weight=args["gate_weight"], gate_bias=args["gate_bias"])
+    g = reference.gate("small", x, h + args["u"], gate_weight=args["gate_weight"],
+                       gate_bias=args["gate_bias"])
     assert g.shape == (2, 1, 1)
     # changing example 1 leaves example 0 untouched
     x2 = x.clone()

@@ -1,0 +1,149 @@
+"""VL-PET for T5: where the modules go.
+
+* every encoder ``T5LayerSelfAttention`` and ``T5LayerFF`` becomes a gated-adapter sublayer:
+  ``out = x + s_g · dropout(G ⊙ (h + s_a·u))`` with ``h`` the sublayer's own output before its residual
+  (attention after ``o``; ``DenseReluDense(layer_norm(x))``), the dropout at the sublayer's own rate;
+* every decoder ``T5LayerCrossAttention``'s value projection ``EncDecAttention.v`` gets a parallel
+  adapter ``V = W_v E + up(φ(down(E)))``.
+
+The wrappers keep the call signature and return structure of the module they replace, so caching,
+``generate()`` and gradient checkpointing (``T5Block`` is the checkpointed unit) work unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+from transformers.models.t5.modeling_t5 import (
+    T5LayerCrossAttention,
+    T5LayerFF,
+    T5LayerSelfAttention,
+    T5PreTrainedModel,
+    T5Stack,
+)
+
+from ..layers.base import AdapterWrapper
+from ..layers.gated_adapter import GatedAdapter, ParallelAdapterLinear, adapter_dtype
+from ..vl_pet_config import VLPetConfig
+
+
+def _run_forward_hooks(module: nn.Module, args: tuple, kwargs: dict, output):
+    """Fire ``module``'s forward hooks although its ``forward`` was not called.
+
+    The wrappers compute what the wrapped sublayer computes from its children; hooks that observe the
+    sublayer (``transformers``' output recorders for ``output_attentions``) stay on it and still fire.
+    """
+    for hook_id, hook in module._forward_hooks.items():
+        if module._forward_hooks_with_kwargs.get(hook_id, False):
+            result = hook(module, args, kwargs, output)
+        else:
+            result = hook(module, args, output)
+        if result is not None:
+            output = result
+    return output
+
+
+class _GatedSublayer(AdapterWrapper):
+    def __init__(self, base_layer: nn.Module, config: VLPetConfig):
+        super().__init__(base_layer)
+        w = base_layer.layer_norm.weight
+        self.vl_pet = GatedAdapter(w.shape[0], config, device=w.device, dtype=adapter_dtype(w.dtype))
+        self.dropout = config.dropout
+
+    def dropout_rate(self) -> float:
+        return self.base_layer.dropout.p if self.dropout is None else self.dropout
+
+
+class T5GatedSelfAttention(_GatedSublayer):
+    """Replaces ``T5LayerSelfAttention``; returns ``(hidden_states, position_bias, attn_weights)``."""
+
+    def forward(self, hidden_states, attention_mask=None, position_bias=None, past_key_values=None, **kwargs):
+        base = self.base_layer
+        attention_output, position_bias, attn_weights = base.SelfAttention(
+            base.layer_norm(hidden_states),
+            mask=attention_mask,
+            position_bias=position_bias,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+        out = self.vl_pet(hidden_states, attention_output, self.dropout_rate())
+        output = (out, position_bias, attn_weights)
+        if base._forward_hooks:
+            call_kwargs = dict(kwargs, attention_mask=attention_mask, position_bias=position_bias,
+                               past_key_values=past_key_values)
+            output = _run_forward_hooks(base, (hidden_states,), call_kwargs, output)
+        return output
+
+
+class T5GatedFF(_GatedSublayer):
+    """Replaces ``T5LayerFF``; returns the hidden states."""
+
+    def forward(self, hidden_states):
+        base = self.base_layer
+        h = base.DenseReluDense(base.layer_norm(hidden_states))
+        out = self.vl_pet(hidden_states, h, self.dropout_rate())
+        if base._forward_hooks:
+            out = _run_forward_hooks(base, (hidden_states,), {}, out)
+        return out
+
+
+def find_t5(model: nn.Module, config: VLPetConfig) -> tuple[str, T5PreTrainedModel]:
+    """``(prefix, t5)``: the model itself when it is a T5, else its submodule ``config.t5_module``."""
+    if _is_t5(model):
+        return "", model
+    try:
+        inner = model.get_submodule(config.t5_module)
+    except AttributeError:
+        inner = None
+    if inner is not None and _is_t5(inner):
+        return config.t5_module + ".", inner
+    found = type(inner).__name__ if inner is not None else "nothing"
+    raise TypeError(
+        f"patch_t5 supports T5ForConditionalGeneration, T5Model, T5EncoderModel, and models holding one "
+        f"at VLPetConfig.t5_module={config.t5_module!r} (InstructBlipForConditionalGeneration."
+        f"language_model); got {type(model).__name__} (at {config.t5_module!r}: {found})")
+
+
+def _is_t5(module: nn.Module) -> bool:
+    return isinstance(module, T5PreTrainedModel) and isinstance(getattr(module, "encoder", None), T5Stack)
+
+
+def patch_t5(model: nn.Module, cfg: VLPetConfig) -> list[str]:
+    """Insert VL-PET modules into the T5 ``model`` (or the T5 inside it) in place.
+
+    Returns the qualified names of the wrapped modules. Does not change ``requires_grad`` anywhere.
+    """
+    if not isinstance(cfg, VLPetConfig):
+        raise TypeError(f"cfg must be a VLPetConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    prefix, t5 = find_t5(model, cfg)
+    already = [name for name, m in t5.named_modules() if isinstance(m, AdapterWrapper)]
+    if already:
+        raise ValueError(f"model is already patched (found adapter wrappers such as {prefix}{already[0]}); "
+                         "call petal.unpatch(model) first")
+    d = t5.config.d_model
+    if cfg.variant != "down" and d % cfg.num_heads:
+        raise ValueError(f"VLPetConfig.variant={cfg.variant!r} splits d_model={d} into "
+                         f"num_heads={cfg.num_heads} up heads; d_model must be divisible by num_heads")
+
+    targets: list[tuple[str, nn.Module]] = []
+    for name, module in t5.encoder.named_modules(prefix="encoder"):
+        if cfg.encoder_self_attention and isinstance(module, T5LayerSelfAttention):
+            targets.append((name, T5GatedSelfAttention(module, cfg)))
+        elif cfg.encoder_ffn and isinstance(module, T5LayerFF):
+            targets.append((name, T5GatedFF(module, cfg)))
+    decoder: Optional[T5Stack] = getattr(t5, "decoder", None)
+    if cfg.decoder_cross_attention_value and decoder is not None:
+        for name, module in decoder.named_modules(prefix="decoder"):
+            if isinstance(module, T5LayerCrossAttention):
+                targets.append((f"{name}.EncDecAttention.v",
+                                ParallelAdapterLinear(module.EncDecAttention.v, cfg.decoder_adapter_dim)))
+
+    for name, wrapper in targets:
+        parent_name, _, child = name.rpartition(".")
+        setattr(t5.get_submodule(parent_name), child, wrapper)
+    return [prefix + name for name, _ in targets]
+
+
+__all__ = ["T5GatedFF", "T5GatedSelfAttention", "find_t5", "patch_t5"]
