@@ -1,0 +1,269 @@
+"""Triton kernels for ``gated_residual`` (DESIGN §2.2), the VL-PET gate epilogue, forward and backward.
+
+The rows are split into ``B`` examples of ``T`` rows (``B = batch`` for ``"small"``, else one example of
+all M rows); the grid is ``(B, CH)`` and program ``(b, c)`` walks rows ``c*BLOCK_M, (c+CH)*BLOCK_M, …``
+of example ``b`` with tiles of BLOCK_M full rows (the width padded to a power of two), so row
+reductions (``middleX``, ``small``) happen in registers.
+
+* ``_gr_fwd_kernel``: one pass for ``large``/``middleX``/``middleY``. ``small`` needs the example's mean
+  gate before any output: phase ``STAT`` writes the row scores, phase ``APPLY`` (each program first
+  averages its example's T scores) writes ``out``.
+* ``_gr_bwd_kernel``: one pass for ``large``/``middleX``/``middleY``; ``small`` first runs phase
+  ``ROWDOT`` (``Σ_d e*h2`` per row), then ``MAIN`` sums its example's row dots. Gradients of the gate
+  parameters are per-program fp32 partials (B*CH of them, CH fixed by the wrapper, not by the config)
+  summed by ``torch.sum`` afterwards: deterministic, no atomics.
+
+GPU assumptions to verify: rows up to ``autotune.ROW_TILE_MAX_ELEMS`` padded elements stay in
+registers (d <= 16384); wider rows would spill.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import autotune as at
+
+LARGE, MIDDLE_X, MIDDLE_Y, SMALL = 0, 1, 2, 3
+GRAN_CODE = {"large": LARGE, "middleX": MIDDLE_X, "middleY": MIDDLE_Y, "small": SMALL}
+ONE_PASS, STAT, APPLY, ROWDOT, MAIN = 0, 1, 2, 3, 4
+BLOCK_T = 128  # chunk of an example's per-row scores summed at the start of APPLY / MAIN
+
+
+@triton.jit
+def _example_mean(ptr, row0, T, BLOCK_T: tl.constexpr, SIGMOID: tl.constexpr):
+    """mean over the example's T entries of ptr[row0:row0+T] (through a sigmoid if SIGMOID), fp32."""
+    acc = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        offs = t0 + tl.arange(0, BLOCK_T)
+        v = tl.load(ptr + row0 + offs, mask=offs < T, other=0.0).to(tl.float32)
+        if SIGMOID:
+            v = tl.sigmoid(v)
+        acc += tl.where(offs < T, v, 0.0)
+    return tl.sum(acc, axis=0) / T
+
+
+@triton.autotune(configs=at.ROW_CONFIGS, key=["D", "M_BUCKET", "GRAN", "PHASE", "HAS_MASK"],
+                 prune_configs_by={"early_config_prune": at.prune_row_configs})
+@triton.jit
+def _gr_fwd_kernel(
+    x_ptr, h_ptr, u_ptr, lg_ptr, w_ptr, b_ptr, v_ptr, mask_ptr, out_ptr, stat_ptr,
+    T, D, stride_m, adapter_scale, gate_scale, M_BUCKET,
+    GRAN: tl.constexpr, PHASE: tl.constexpr, HAS_MASK: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    ex = tl.program_id(0)
+    c = tl.program_id(1)
+    CH = tl.num_programs(1)
+    row0 = ex * T
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    if GRAN == MIDDLE_X or GRAN == SMALL:
+        w1 = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        bias = tl.load(b_ptr).to(tl.float32)
+    if GRAN == SMALL:
+        w2 = tl.load(w_ptr + D + cols, mask=cmask, other=0.0).to(tl.float32)
+        if PHASE == APPLY:
+            g_ex = _example_mean(stat_ptr, row0, T, BLOCK_T, True)
+    if GRAN == MIDDLE_Y:
+        g_vec = 1.0 + tl.load(v_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    for start in range(c * BLOCK_M, T, CH * BLOCK_M):
+        local = start + tl.arange(0, BLOCK_M)
+        rmask = local < T
+        rows = row0 + local
+        offs = rows[:, None] * stride_m + cols[None, :]
+        m2 = rmask[:, None] & cmask[None, :]
+        x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        h = tl.load(h_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        u = tl.load(u_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        h2 = h + adapter_scale * u
+        if PHASE == STAT:  # small, first pass: fp32 row scores
+            s = tl.sum(x * w1[None, :] + h2 * w2[None, :], axis=1) + bias
+            tl.store(stat_ptr + rows, s, mask=rmask)
+        else:
+            if GRAN == LARGE:
+                lg = tl.load(lg_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+                delta = tl.sigmoid(lg) * h2
+            elif GRAN == MIDDLE_X:
+                s = tl.sum((x + h2) * w1[None, :], axis=1) + bias
+                tl.store(stat_ptr + rows, s.to(stat_ptr.dtype.element_ty), mask=rmask)
+                delta = tl.sigmoid(s)[:, None] * h2
+            elif GRAN == MIDDLE_Y:
+                delta = g_vec[None, :] * h2
+            else:
+                delta = g_ex * h2
+            if HAS_MASK:
+                delta = delta * tl.load(mask_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+            out = x + gate_scale * delta
+            tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.autotune(configs=at.ROW_CONFIGS, key=["D", "M_BUCKET", "GRAN", "PHASE", "HAS_MASK"],
+                 prune_configs_by={"early_config_prune": at.prune_row_configs})
+@triton.jit
+def _gr_bwd_kernel(
+    dout_ptr, x_ptr, h_ptr, u_ptr, lg_ptr, w_ptr, v_ptr, mask_ptr, stat_ptr, q_ptr,
+    dx_ptr, dh_ptr, du_ptr, dlg_ptr, pw_ptr, pb_ptr, pv_ptr,
+    T, D, stride_m, adapter_scale, gate_scale, M_BUCKET,
+    GRAN: tl.constexpr, PHASE: tl.constexpr, HAS_MASK: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    ex = tl.program_id(0)
+    c = tl.program_id(1)
+    CH = tl.num_programs(1)
+    pid = ex * CH + c
+    row0 = ex * T
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    if GRAN == MIDDLE_X or GRAN == SMALL:
+        w1 = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    if GRAN == SMALL:
+        w2 = tl.load(w_ptr + D + cols, mask=cmask, other=0.0).to(tl.float32)
+        if PHASE == MAIN:
+            g_ex = _example_mean(stat_ptr, row0, T, BLOCK_T, True)
+            coef = _example_mean(q_ptr, row0, T, BLOCK_T, False)  # (Σ_rows Σ_d e*h2) / T
+    if GRAN == MIDDLE_Y:
+        g_vec = 1.0 + tl.load(v_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    acc_w1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    acc_w2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for start in range(c * BLOCK_M, T, CH * BLOCK_M):
+        local = start + tl.arange(0, BLOCK_M)
+        rmask = local < T
+        rows = row0 + local
+        offs = rows[:, None] * stride_m + cols[None, :]
+        m2 = rmask[:, None] & cmask[None, :]
+        dout = tl.load(dout_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        h = tl.load(h_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        u = tl.load(u_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        h2 = h + adapter_scale * u
+        e = dout * gate_scale
+        if HAS_MASK:
+            e = e * tl.load(mask_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        if PHASE == ROWDOT:
+            tl.store(q_ptr + rows, tl.sum(e * h2, axis=1), mask=rmask)
+        else:
+            dx = dout
+            if GRAN == LARGE:
+                g = tl.sigmoid(tl.load(lg_ptr + offs, mask=m2, other=0.0).to(tl.float32))
+                dh2 = e * g
+                dlg = e * h2 * g * (1.0 - g)
+                tl.store(dlg_ptr + offs, dlg.to(dlg_ptr.dtype.element_ty), mask=m2)
+            elif GRAN == MIDDLE_X:
+                sg = tl.sigmoid(tl.load(stat_ptr + rows, mask=rmask, other=0.0).to(tl.float32))
+                ds = tl.where(rmask, tl.sum(e * h2, axis=1) * sg * (1.0 - sg), 0.0)
+                dh2 = e * sg[:, None] + ds[:, None] * w1[None, :]
+                dx += ds[:, None] * w1[None, :]
+                x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+                acc_w1 += tl.sum(ds[:, None] * (x + h2), axis=0)
+                acc_b += ds
+            elif GRAN == MIDDLE_Y:
+                dh2 = e * g_vec[None, :]
+                acc_w1 += tl.sum(e * h2, axis=0)
+            else:
+                sg = tl.sigmoid(tl.load(stat_ptr + rows, mask=rmask, other=0.0).to(tl.float32))
+                ds = tl.where(rmask, coef * sg * (1.0 - sg), 0.0)
+                dh2 = e * g_ex + ds[:, None] * w2[None, :]
+                dx += ds[:, None] * w1[None, :]
+                x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+                acc_w1 += tl.sum(ds[:, None] * x, axis=0)
+                acc_w2 += tl.sum(ds[:, None] * h2, axis=0)
+                acc_b += ds
+            dtype = dx_ptr.dtype.element_ty
+            tl.store(dx_ptr + offs, dx.to(dtype), mask=m2)
+            tl.store(dh_ptr + offs, dh2.to(dtype), mask=m2)
+            tl.store(du_ptr + offs, (adapter_scale * dh2).to(dtype), mask=m2)
+    if PHASE != ROWDOT:
+        if GRAN == MIDDLE_X:
+            tl.store(pw_ptr + pid * D + cols, acc_w1, mask=cmask)
+            tl.store(pb_ptr + pid, tl.sum(acc_b, axis=0))
+        elif GRAN == MIDDLE_Y:
+            tl.store(pv_ptr + pid * D + cols, acc_w1, mask=cmask)
+        elif GRAN == SMALL:
+            tl.store(pw_ptr + pid * 2 * D + cols, acc_w1, mask=cmask)
+            tl.store(pw_ptr + pid * 2 * D + D + cols, acc_w2, mask=cmask)
+            tl.store(pb_ptr + pid, tl.sum(acc_b, axis=0))
+
+
+# --------------------------------------------------------------------------- launch wrappers
+
+
+def _layout(M: int, granularity: str, batch: int, device: torch.device) -> tuple[int, int, int]:
+    """(B, T, CH): examples, rows per example, programs per example (fixed here, not by the config)."""
+    B = batch if granularity == "small" else 1
+    T = M // B
+    CH = max(1, min(T, at.target_programs(device) // B))
+    return B, T, CH
+
+
+def _block_d(D: int) -> int:
+    return triton.next_power_of_2(D)
+
+
+def forward(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
+            gate_vector, dropout_mask, batch):
+    """The canonical ``gated_residual_forward`` on fp16/bf16/fp32 rows (see ``reference``)."""
+    M, D = x.shape
+    gran = GRAN_CODE[granularity]
+    B, T, CH = _layout(M, granularity, batch, x.device)
+    out = torch.empty_like(x)
+    stat = x.new_empty(M) if gran == MIDDLE_X else x.new_empty(0)
+    stat32 = torch.empty(M, device=x.device, dtype=torch.float32) if gran == SMALL else None
+
+    def launch(phase, stat_buf):
+        _gr_fwd_kernel[(B, CH)](
+            x, h, u, _or(gate_logits, x), _or(gate_weight, x), _or(gate_bias, x),
+            _or(gate_vector, x), _or(dropout_mask, x), out, stat_buf,
+            T, D, x.stride(0), float(adapter_scale), float(gate_scale), at.bucket(M),
+            GRAN=gran, PHASE=phase, HAS_MASK=dropout_mask is not None,
+            BLOCK_D=_block_d(D), BLOCK_T=BLOCK_T,
+        )
+
+    if gran == SMALL:
+        launch(STAT, stat32)
+        launch(APPLY, stat32)
+        stat = stat32.to(x.dtype)
+    else:
+        launch(ONE_PASS, stat if gran == MIDDLE_X else x)
+    return out, stat
+
+
+def backward(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
+             gate_bias, gate_vector, dropout_mask, batch, stat):
+    """The canonical ``gated_residual_backward`` (see ``reference``)."""
+    M, D = x.shape
+    gran = GRAN_CODE[granularity]
+    B, T, CH = _layout(M, granularity, batch, x.device)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    dx, dh, du = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    d_logits = torch.empty_like(x) if gran == LARGE else None
+    width = {MIDDLE_X: D, SMALL: 2 * D}.get(gran)
+    pw = torch.empty(B * CH, width, **f32) if width else None
+    pb = torch.empty(B * CH, **f32) if width else None
+    pv = torch.empty(B * CH, D, **f32) if gran == MIDDLE_Y else None
+    q = torch.empty(M, **f32) if gran == SMALL else None
+
+    def launch(phase):
+        _gr_bwd_kernel[(B, CH)](
+            dout, x, h, u, _or(gate_logits, x), _or(gate_weight, x), _or(gate_vector, x),
+            _or(dropout_mask, x), _or(stat if stat.numel() else None, x), _or(q, x),
+            dx, dh, du, _or(d_logits, x), _or(pw, x), _or(pb, x), _or(pv, x),
+            T, D, x.stride(0), float(adapter_scale), float(gate_scale), at.bucket(M),
+            GRAN=gran, PHASE=phase, HAS_MASK=dropout_mask is not None,
+            BLOCK_D=_block_d(D), BLOCK_T=BLOCK_T,
+        )
+
+    if gran == SMALL:
+        launch(ROWDOT)
+        launch(MAIN)
+    else:
+        launch(ONE_PASS)
+    d_weight = pw.sum(0).to(x.dtype) if width else None
+    d_bias = pb.sum().reshape(gate_bias.shape).to(x.dtype) if width else None
+    d_vector = pv.sum(0).to(x.dtype) if pv is not None else None
+    return dx, dh, du, d_logits, d_weight, d_bias, d_vector
+
+
+def _or(t, fallback):
+    return fallback if t is None else t
