@@ -142,7 +142,9 @@ def test_torch_compile_fullgraph(granularity):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(B=st.integers(0, 3), T=st.integers(0, 6), d=st.integers(1, 40),
        granularity=st.sampled_from(pk.GRANULARITIES), mask=st.booleans(), seed=st.integers(0, 2**16),
-       a_s=st.floats(-2, 2), g_s=st.floats(0.05, 2) | st.floats(-2, -0.05))  # no float32 underflow
+       # scales large enough that float32 does not underflow where float64 does not
+       a_s=st.just(0.0) | st.floats(0.05, 2) | st.floats(-2, -0.05),
+       g_s=st.floats(0.05, 2) | st.floats(-2, -0.05))
 def test_fuzz_shapes(B, T, d, granularity, mask, seed, a_s, g_s):
     inputs = make_inputs(granularity, (B, T, d), mask=mask, seed=seed, scales=(a_s, g_s))
     for name in [b for b in CPU_BACKENDS if b != "triton"]:

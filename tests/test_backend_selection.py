@@ -1,0 +1,66 @@
+"""Backend selection: defaults by device, PETAL_BACKEND, use_backend, and a built extension."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import petal_kernels as pk
+from petal_kernels import _backend
+
+
+def test_compiled_cpu_backend_is_built():
+    """The package install must build petal_kernels._C; CI would otherwise test only the reference."""
+    if os.environ.get("PETAL_SKIP_EXT") == "1":
+        pytest.skip("PETAL_SKIP_EXT=1: the extension was deliberately not built")
+    assert "cpu" in pk.available_backends("cpu"), _backend._load_errors.get("cpu")
+    with pk.use_backend(None):
+        assert pk.backend_name(torch.device("cpu")) in ("cpu", os.environ.get("PETAL_BACKEND"))
+
+
+def test_env_var_forces_backend(monkeypatch):
+    monkeypatch.setenv("PETAL_BACKEND", "reference")
+    assert pk.backend_name(torch.device("cpu")) == "reference"
+    monkeypatch.setenv("PETAL_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="PETAL_BACKEND must be one of"):
+        pk.backend_name(torch.device("cpu"))
+
+
+def test_unavailable_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("PETAL_BACKEND", "cuda")
+    x = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match=r"backend 'cuda' cannot run tensors on device cpu"):
+        pk.gated_residual(x, x, x, "middleY", gate_vector=torch.zeros(4))
+
+
+def test_use_backend_restores():
+    with pk.use_backend("reference"):
+        assert pk.backend_name(torch.device("cpu")) == "reference"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with pk.use_backend("gpu"):
+            pass
+
+
+def test_imports_and_warns_without_extension(tmp_path):
+    """With the compiled extension unimportable, petal_kernels still imports, warns once, and runs."""
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['petal_kernels._C'] = None\n"  # makes `import petal_kernels._C` fail
+        "import torch, petal_kernels as pk\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    x = torch.randn(2, 3)\n"
+        "    for _ in range(3):\n"
+        "        y = pk.gated_residual(x, x, x, 'middleY', gate_vector=torch.zeros(3))\n"
+        "    assert torch.allclose(y, 3 * x), y\n"
+        "    msgs = [str(m.message) for m in w if 'petal_kernels._C' in str(m.message)]\n"
+        "    assert len(msgs) == 1, msgs\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PETAL_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
