@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _cpu
 from ._cpu import (  # noqa: F401  (the four canonical functions of a backend)
     dma_linear_backward,
     dma_linear_forward,
@@ -36,6 +37,8 @@ def unavailable_reason() -> str:
     """Why ``is_available()`` is False ("" when it is True)."""
     if not torch.cuda.is_available():
         return "torch.cuda.is_available() is False (no CUDA device or a CPU-only build of torch)"
+    if not _cpu.is_available():  # imports petal_kernels._C, which registers the kernels
+        return _cpu.unavailable_reason()
     missing = _missing_kernels()
     if missing:
         return (
@@ -47,4 +50,4 @@ def unavailable_reason() -> str:
 
 
 def is_available() -> bool:
-    return torch.cuda.is_available() and not _missing_kernels()
+    return torch.cuda.is_available() and _cpu.is_available() and not _missing_kernels()
