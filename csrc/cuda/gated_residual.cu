@@ -223,7 +223,7 @@ __global__ void rows_backward(Params<T> p, const T* __restrict__ dout, const T* 
   int parity = 0;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t row = r * p.d;
-    A dy[KV][V], e[KV][V], h2[KV][V], x[KV][V], part = 0;
+    A dy[KV][V], e[KV][V], h2[KV][V], x[KV][V], part = 0, score = 0;
 #pragma unroll
     for (int k = 0; k < KV; ++k) {
       const int64_t j = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
@@ -235,18 +235,26 @@ __global__ void rows_backward(Params<T> p, const T* __restrict__ dout, const T* 
       load<T, V>(p.u + row + c, u);
       load_mask<T, V>(p.mask, row + c, m);
       if (M != RowBackward::middleY) load<T, V>(p.x + row + c, x[k]);
+      A w[V];
+      if (M == RowBackward::middleX) load<T, V>(p.w + c, w);
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         e[k][i] = upstream(dy[k][i], p.gs, m[i]);
         h2[k][i] = adapter_sum(h[i], u[i], p.as);
-        if (M == RowBackward::middleX) part += gate_score_term(e[k][i], h2[k][i]);
+        if (M == RowBackward::middleX) {
+          part += gate_score_term(e[k][i], h2[k][i]);
+          score += middle_x_score_term(x[k][i], h2[k][i], w[i]);
+        }
       }
     }
     A gate = 0, ds = 0;
     if (M == RowBackward::middleX) {
+      // The gate from the row score recomputed at full precision, as the forward used it (the
+      // saved stat is rounded to T).
       const A se = block_sum(part, buf, parity);
       parity ^= 1;
-      gate = sigmoid(detail::to_acc(stat[r]));
+      gate = sigmoid(block_sum(score, buf, parity) + detail::to_acc(p.b[0]));
+      parity ^= 1;
       ds = row_score_grad(se, gate);
     } else if (M == RowBackward::small) {
       const int64_t b = r / p.per_example;
