@@ -9,11 +9,14 @@ Environment switches (as flash-attention's):
                        (needs a CUDA toolkit and a CUDA build of torch)
   PETAL_NO_CUDA=1      never build the CUDA kernels
   PETAL_CUDA_ARCHS     e.g. "80;90" (default: TORCH_CUDA_ARCH_LIST or "80;90")
+  PETAL_CPU_GENERIC=1  build the CPU kernels for the baseline x86-64 ISA even when the build machine has
+                       AVX2 (default: AVX2/FMA at::vec kernels, as torch.compile's C++ code, when it has)
   MAX_JOBS             parallel compile jobs (ninja)
 """
 
 import glob
 import os
+import platform
 import sys
 
 from setuptools import setup
@@ -33,6 +36,17 @@ def _openmp_flags():
     return ["-fopenmp"], ["-fopenmp"]
 
 
+def _cpu_vector_flags(torch):
+    """AVX2 + FMA at::vec::Vectorized kernels when this machine runs them (as torch.compile's C++ code)."""
+    if _flag("PETAL_CPU_GENERIC") or sys.platform == "win32":
+        return []
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return []
+    return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+
+
 def _cuda_wanted(torch) -> bool:
     from torch.utils.cpp_extension import CUDA_HOME
 
@@ -49,7 +63,7 @@ def extensions():
 
     include = [os.path.join(ROOT, "csrc", "include")]
     omp_compile, omp_link = _openmp_flags()
-    cxx = ["-O3", "-std=c++17", *omp_compile]
+    cxx = ["-O3", "-std=c++17", *omp_compile, *_cpu_vector_flags(torch)]
     sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if _cuda_wanted(torch):
         archs = os.environ.get("PETAL_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "80;90"

@@ -1,0 +1,154 @@
+// Helpers shared by the CPU kernels: Vectorized specialisation of petal::Math, load/store of any float
+// dtype as Vectorized<opmath>, horizontal sums, and the fixed row chunking that makes the gradient
+// reductions independent of the thread count (partials per chunk, combined in chunk order).
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "petal/macros.h"
+
+namespace petal {
+
+template <typename S>
+struct Math<at::vec::Vectorized<S>> {
+  static at::vec::Vectorized<S> exp(const at::vec::Vectorized<S>& v) { return v.exp(); }
+};
+
+}  // namespace petal
+
+namespace petal_C::cpu {
+
+template <typename scalar_t>
+using acc_t = at::opmath_type<scalar_t>;  // float for bf16/fp16, else the type itself
+
+template <typename scalar_t>
+using AccVec = at::vec::Vectorized<acc_t<scalar_t>>;
+
+// Loads and stores AccVec<scalar_t>::size() elements (or the first n) of a scalar_t array.
+template <typename scalar_t>
+struct Io {
+  using Vec = AccVec<scalar_t>;
+  static constexpr int64_t kWidth = Vec::size();
+  static constexpr bool kReduced = !std::is_same_v<scalar_t, acc_t<scalar_t>>;
+
+  static Vec load(const scalar_t* p) {
+    if constexpr (kReduced) {
+      Vec v;
+      at::vec::load_to_float(p, v);
+      return v;
+    } else {
+      return Vec::loadu(p);
+    }
+  }
+
+  static Vec load(const scalar_t* p, int64_t n) {
+    if constexpr (kReduced) {
+      if (n == kWidth) return load(p);
+      acc_t<scalar_t> buf[kWidth] = {};
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<acc_t<scalar_t>>(p[i]);
+      return Vec::loadu(buf);
+    } else {
+      return Vec::loadu(p, n);
+    }
+  }
+
+  static void store(scalar_t* p, const Vec& v, int64_t n = kWidth) {
+    if constexpr (kReduced) {
+      acc_t<scalar_t> buf[kWidth];
+      v.store(buf);
+      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<scalar_t>(buf[i]);
+    } else {
+      v.store(p, n);
+    }
+  }
+};
+
+// Type of long reductions (gate scores, gradient sums over rows): double for float32/float64 inputs,
+// float for half inputs, as petal_kernels.reference accumulates them.
+template <typename scalar_t>
+using red_t = std::conditional_t<std::is_same_v<scalar_t, float>, double, acc_t<scalar_t>>;
+
+// An AccVec widened to red_t: kParts vectors of Vectorized<red_t> (2 for float -> double, else 1).
+template <typename scalar_t>
+struct Wide {
+  using acc = acc_t<scalar_t>;
+  using red = red_t<scalar_t>;
+  using Vec = AccVec<scalar_t>;
+  using RVec = at::vec::Vectorized<red>;
+  static constexpr int64_t kParts = Vec::size() / RVec::size();
+  RVec part[kParts];
+
+  explicit Wide(const Vec& v) {
+    if constexpr (kParts == 1) {
+      part[0] = v;
+    } else {
+      acc narrow[Vec::size()];
+      red wide[Vec::size()];
+      v.store(narrow);
+      for (int64_t i = 0; i < Vec::size(); ++i) wide[i] = static_cast<red>(narrow[i]);
+      for (int64_t k = 0; k < kParts; ++k) part[k] = RVec::loadu(wide + k * RVec::size());
+    }
+  }
+
+  // dst[0 : Vec::size()] += term(part) for each part.
+  template <typename F>
+  void add_to(red* dst, const F& term) const {
+    for (int64_t k = 0; k < kParts; ++k) {
+      red* p = dst + k * RVec::size();
+      (RVec::loadu(p) + term(part[k])).store(p);
+    }
+  }
+
+  void add_to(red* dst) const {
+    add_to(dst, [](const RVec& v) { return v; });
+  }
+
+  RVec sum() const {
+    RVec s = part[0];
+    for (int64_t k = 1; k < kParts; ++k) s = s + part[k];
+    return s;
+  }
+};
+
+// n rounded up to a whole number of AccVec<scalar_t>: the padded width of red_t scratch rows.
+template <typename scalar_t>
+inline int64_t padded(int64_t n) {
+  const int64_t w = AccVec<scalar_t>::size();
+  return (n + w - 1) / w * w;
+}
+
+template <typename T>
+inline T hsum(const at::vec::Vectorized<T>& v) {
+  return at::vec::vec_reduce_all<T>([](auto a, auto b) { return a + b; }, v);
+}
+
+// Rows are split into a number of chunks that depends on the row count only, so per-chunk partial
+// sums combined in chunk order give the same bits for any thread count.
+inline int64_t num_chunks(int64_t rows, int64_t min_rows = 32, int64_t max_chunks = 128) {
+  return std::max<int64_t>(1, std::min<int64_t>(max_chunks, (rows + min_rows - 1) / min_rows));
+}
+
+// fn(chunk, row_begin, row_end) for every chunk of `rows`, chunks run in parallel.
+template <typename F>
+inline void for_each_chunk(int64_t rows, int64_t chunks, const F& fn) {
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) fn(c, rows * c / chunks, rows * (c + 1) / chunks);
+  });
+}
+
+// Element-wise row loop over [0, n): body(Vec-index offset, count) with full vectors then one tail.
+template <typename Vec, typename F>
+inline void for_each_vec(int64_t n, const F& body) {
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) body(i, static_cast<int64_t>(Vec::size()));
+  if (i < n) body(i, n - i);
+}
+
+}  // namespace petal_C::cpu

@@ -1,0 +1,304 @@
+// DMA linear on the CPU for J projections sharing x: ATen GEMMs into preallocated outputs, with the
+// element epilogues (petal/dma_linear.h) as fused row-parallel passes.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <vector>
+
+#include "cpu_kernel_utils.h"
+#include "ops.h"
+#include "petal/dma_linear.h"
+
+namespace petal_C::cpu {
+namespace {
+
+std::optional<at::Tensor> get(const OptTensorList& list, size_t j) {
+  std::optional<at::Tensor> t = list.get(j);
+  return (t.has_value() && t->defined()) ? t : std::nullopt;
+}
+
+int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(width, 1)); }
+
+// One projection's per-row-or-static R-wide scale: row m's scale starts at ptr + m * stride.
+template <typename scalar_t>
+struct Scale {
+  const scalar_t* ptr;
+  int64_t stride;  // 0 for a static (R,) scale, R for a per-row (M, R) one
+  const scalar_t* row(int64_t m) const { return ptr + m * stride; }
+};
+
+template <typename scalar_t>
+std::vector<Scale<scalar_t>> scale_views(at::TensorList scales, int64_t R) {
+  std::vector<Scale<scalar_t>> out;
+  for (const auto& s : scales) out.push_back({s.data_ptr<scalar_t>(), s.dim() == 1 ? 0 : R});
+  return out;
+}
+
+// zs[j] = t * scales[j], all J in one pass over t.
+template <typename scalar_t>
+void scaled_t(const at::Tensor& t, at::TensorList scales, std::vector<at::Tensor>& zs) {
+  using Vec = AccVec<scalar_t>;
+  using io = Io<scalar_t>;
+  const int64_t M = t.size(0), R = t.size(1);
+  const scalar_t* tp = t.data_ptr<scalar_t>();
+  const auto sv = scale_views<scalar_t>(scales, R);
+  std::vector<scalar_t*> zp;
+  for (auto& z : zs) zp.push_back(z.data_ptr<scalar_t>());
+  at::parallel_for(0, M, row_grain(R * static_cast<int64_t>(zs.size())), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for_each_vec<Vec>(R, [&](int64_t i, int64_t n) {
+        const Vec tv = io::load(tp + m * R + i, n);
+        for (size_t j = 0; j < zp.size(); ++j)
+          io::store(zp[j] + m * R + i, petal::dma_scaled(tv, io::load(sv[j].row(m) + i, n)), n);
+      });
+  });
+}
+
+// y = gamma * base + bias + y (y holds the up-projection on entry).
+template <typename scalar_t>
+void gamma_epilogue(const at::Tensor& base, const at::Tensor& gamma, const std::optional<at::Tensor>& bias,
+                    at::Tensor& y) {
+  using Vec = AccVec<scalar_t>;
+  using io = Io<scalar_t>;
+  const int64_t M = y.size(0), N = y.size(1);
+  const scalar_t* bp = base.data_ptr<scalar_t>();
+  const scalar_t* gp = gamma.data_ptr<scalar_t>();
+  const scalar_t* biasp = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
+  scalar_t* yp = y.data_ptr<scalar_t>();
+  at::parallel_for(0, M, row_grain(N), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for_each_vec<Vec>(N, [&](int64_t i, int64_t n) {
+        const int64_t off = m * N + i;
+        const Vec b = io::load(bp + off, n), g = io::load(gp + i, n), upd = io::load(yp + off, n);
+        io::store(yp + off, biasp ? petal::dma_output(b, g, io::load(biasp + i, n), upd) : petal::dma_output(b, g, upd),
+                  n);
+      });
+  });
+}
+
+// The R-wide backward pass over all J projections at once:
+//   dt = Σ_j dz_j * scale_j;  d_scale_j = dz_j * t (row-summed for a static scale);  z_j = t * scale_j.
+// Outputs that are undefined are skipped.
+template <typename scalar_t>
+void r_wide_backward(const at::Tensor& t, const std::vector<at::Tensor>& dzs, at::TensorList scales,
+                     at::Tensor& dt, std::vector<at::Tensor>& d_scales, std::vector<at::Tensor>& zs) {
+  using acc = acc_t<scalar_t>;
+  using red = red_t<scalar_t>;
+  using Vec = AccVec<scalar_t>;
+  using io = Io<scalar_t>;
+  const int64_t M = t.size(0), R = t.size(1), J = static_cast<int64_t>(dzs.size()), Rp = padded<scalar_t>(R);
+  const scalar_t* tp = t.data_ptr<scalar_t>();
+  const auto sv = scale_views<scalar_t>(scales, R);
+  auto ptr = [](at::Tensor& x) { return x.defined() ? x.data_ptr<scalar_t>() : nullptr; };
+  std::vector<const scalar_t*> dzp;
+  std::vector<scalar_t*> dsp, zp;
+  for (const auto& dz : dzs) dzp.push_back(dz.defined() ? dz.data_ptr<scalar_t>() : nullptr);
+  for (int64_t j = 0; j < J; ++j) {
+    dsp.push_back(ptr(d_scales[j]));
+    zp.push_back(ptr(zs[j]));
+  }
+  scalar_t* dtp = ptr(dt);
+  const int64_t chunks = num_chunks(M);
+  std::vector<red> partial(chunks * J * Rp, red(0));  // static-scale d_scale partials per chunk
+  for_each_chunk(M, chunks, [&](int64_t c, int64_t m0, int64_t m1) {
+    red* part = partial.data() + c * J * Rp;
+    for (int64_t m = m0; m < m1; ++m)
+      for_each_vec<Vec>(R, [&](int64_t i, int64_t n) {
+        const int64_t off = m * R + i;
+        const Vec tv = io::load(tp + off, n);
+        Vec dt_v(acc(0));
+        for (int64_t j = 0; j < J; ++j) {
+          const Vec s = io::load(sv[j].row(m) + i, n);
+          if (zp[j]) io::store(zp[j] + off, petal::dma_scaled(tv, s), n);
+          if (!dzp[j]) continue;
+          const Vec dz = io::load(dzp[j] + off, n);
+          if (dtp) dt_v = petal::dma_dt_accumulate(dt_v, dz, s);
+          if (!dsp[j]) continue;
+          const Vec ds = petal::dma_scale_grad(dz, tv);
+          if (sv[j].stride) {
+            io::store(dsp[j] + off, ds, n);
+          } else {
+            Wide<scalar_t>(ds).add_to(part + j * Rp + i);
+          }
+        }
+        if (dtp) io::store(dtp + off, dt_v, n);
+      });
+  });
+  for (int64_t j = 0; j < J; ++j) {
+    if (!dsp[j] || sv[j].stride) continue;
+    for (int64_t r = 0; r < R; ++r) {
+      red sum = 0;
+      for (int64_t c = 0; c < chunks; ++c) sum += partial[(c * J + j) * Rp + r];
+      dsp[j][r] = static_cast<scalar_t>(sum);
+    }
+  }
+}
+
+// d_gamma = Σ_rows dy * base, per-chunk partials combined in chunk order.
+template <typename scalar_t>
+void gamma_grad(const at::Tensor& dy, const at::Tensor& base, at::Tensor& d_gamma) {
+  using red = red_t<scalar_t>;
+  using Vec = AccVec<scalar_t>;
+  using io = Io<scalar_t>;
+  const int64_t M = dy.size(0), N = dy.size(1), Np = padded<scalar_t>(N);
+  const scalar_t *dyp = dy.data_ptr<scalar_t>(), *bp = base.data_ptr<scalar_t>();
+  const int64_t chunks = num_chunks(M);
+  std::vector<red> partial(chunks * Np, red(0));
+  for_each_chunk(M, chunks, [&](int64_t c, int64_t m0, int64_t m1) {
+    red* part = partial.data() + c * Np;
+    for (int64_t m = m0; m < m1; ++m)
+      for_each_vec<Vec>(N, [&](int64_t i, int64_t n) {
+        const Vec term = petal::dma_gamma_grad(io::load(dyp + m * N + i, n), io::load(bp + m * N + i, n));
+        Wide<scalar_t>(term).add_to(part + i);
+      });
+  });
+  scalar_t* out = d_gamma.data_ptr<scalar_t>();
+  at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      red sum = 0;
+      for (int64_t c = 0; c < chunks; ++c) sum += partial[c * Np + i];
+      out[i] = static_cast<scalar_t>(sum);
+    }
+  });
+}
+
+void check_forward(const at::Tensor& x, at::TensorList weights, const OptTensorList& biases, const at::Tensor& down,
+                   at::TensorList ups, at::TensorList scales, const OptTensorList& gammas) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "petal_C: x must be a contiguous (M, K) tensor, got ", x.sizes());
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(down.dim() == 2 && down.size(1) == K && down.is_contiguous(), "petal_C: down must be contiguous (R, ",
+              K, "), got ", down.sizes());
+  const int64_t R = down.size(0);
+  const size_t J = weights.size();
+  TORCH_CHECK(J > 0 && biases.size() == J && ups.size() == J && scales.size() == J && gammas.size() == J,
+              "petal_C: weights, biases, ups, scales and gammas must all hold J > 0 entries");
+  auto same = [&](const char* name, const at::Tensor& t) {
+    TORCH_CHECK(t.scalar_type() == x.scalar_type() && t.device() == x.device() && t.is_contiguous(), "petal_C: ",
+                name, " must be contiguous ", x.scalar_type(), " on ", x.device(), ", got ", t.scalar_type());
+  };
+  same("down", down);
+  for (size_t j = 0; j < J; ++j) {
+    same("weights[j]", weights[j]);
+    TORCH_CHECK(weights[j].dim() == 2 && weights[j].size(1) == K, "petal_C: weights[", j, "] must be (N, ", K,
+                "), got ", weights[j].sizes());
+    const int64_t N = weights[j].size(0);
+    same("ups[j]", ups[j]);
+    TORCH_CHECK(ups[j].dim() == 2 && ups[j].size(0) == N && ups[j].size(1) == R, "petal_C: ups[", j, "] must be (",
+                N, ", ", R, "), got ", ups[j].sizes());
+    same("scales[j]", scales[j]);
+    const bool static_scale = scales[j].dim() == 1 && scales[j].size(0) == R;
+    const bool row_scale = scales[j].dim() == 2 && scales[j].size(0) == M && scales[j].size(1) == R;
+    TORCH_CHECK(static_scale || row_scale, "petal_C: scales[", j, "] must be (", R, ") or (", M, ", ", R,
+                "), got ", scales[j].sizes());
+    for (const auto& [name, t] : {std::pair{"biases[j]", get(biases, j)}, std::pair{"gammas[j]", get(gammas, j)}}) {
+      if (!t.has_value()) continue;
+      same(name, *t);
+      TORCH_CHECK(t->dim() == 1 && t->size(0) == N, "petal_C: ", name, " must be (", N, "), got ", t->sizes());
+    }
+  }
+}
+
+}  // namespace
+
+std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> dma_linear_forward(
+    const at::Tensor& x, at::TensorList weights, const OptTensorList& biases, const at::Tensor& down,
+    at::TensorList ups, at::TensorList scales, const OptTensorList& gammas) {
+  check_forward(x, weights, biases, down, ups, scales, gammas);
+  const size_t J = weights.size();
+  at::Tensor t = at::mm(x, down.t());
+  std::vector<at::Tensor> zs;
+  for (size_t j = 0; j < J; ++j) zs.push_back(at::empty_like(t));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dma_linear_forward",
+                                  [&] { scaled_t<scalar_t>(t, scales, zs); });
+
+  std::vector<at::Tensor> ys, bases;
+  for (size_t j = 0; j < J; ++j) {
+    const auto bias = get(biases, j);
+    const auto gamma = get(gammas, j);
+    if (gamma.has_value()) {  // base is returned: d_gamma needs it
+      at::Tensor base = at::mm(x, weights[j].t());
+      at::Tensor y = at::mm(zs[j], ups[j].t());
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dma_linear_gamma",
+                                      [&] { gamma_epilogue<scalar_t>(base, *gamma, bias, y); });
+      ys.push_back(y);
+      bases.push_back(base);
+    } else {
+      at::Tensor y = bias.has_value() ? at::addmm(*bias, x, weights[j].t()) : at::mm(x, weights[j].t());
+      y.addmm_(zs[j], ups[j].t());
+      ys.push_back(y);
+      bases.push_back(x.new_empty({0}));
+    }
+  }
+  return {ys, t, bases};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+dma_linear_backward(at::TensorList dys, const at::Tensor& x, at::TensorList weights, const at::Tensor& down,
+                    at::TensorList ups, at::TensorList scales, const OptTensorList& gammas, const at::Tensor& t,
+                    const OptTensorList& bases, std::array<bool, 5> needs) {
+  const auto [need_x, need_down, need_up, need_scale, need_gamma] = needs;
+  const size_t J = weights.size();
+  OptTensorList no_bias;
+  for (size_t j = 0; j < J; ++j) no_bias.push_back(std::nullopt);
+  check_forward(x, weights, no_bias, down, ups, scales, gammas);
+  const int64_t M = x.size(0), K = x.size(1), R = down.size(0);
+  TORCH_CHECK(dys.size() == J && bases.size() == J, "petal_C: dys and bases must hold ", J, " entries");
+  TORCH_CHECK(t.sizes() == at::IntArrayRef({M, R}) && t.is_contiguous() && t.scalar_type() == x.scalar_type(),
+              "petal_C: t must be a contiguous (", M, ", ", R, ") tensor, got ", t.sizes());
+  for (size_t j = 0; j < J; ++j) {
+    TORCH_CHECK(dys[j].sizes() == at::IntArrayRef({M, weights[j].size(0)}) && dys[j].is_contiguous() &&
+                    dys[j].scalar_type() == x.scalar_type(),
+                "petal_C: dys[", j, "] must be contiguous (", M, ", ", weights[j].size(0), "), got ", dys[j].sizes());
+    if (need_gamma && get(gammas, j).has_value()) {
+      const auto base = get(bases, j);
+      TORCH_CHECK(base.has_value() && base->sizes() == dys[j].sizes() && base->is_contiguous(), "petal_C: bases[",
+                  j, "] must be the forward's (", M, ", ", weights[j].size(0), ") base when gammas[", j, "] is given");
+    }
+  }
+
+  auto none = [&] { return x.new_empty({0}); };
+  const bool need_dt = need_x || need_down;
+  std::vector<at::Tensor> dzs(J), zs(J), d_scales(J), d_ups(J), d_gammas(J);
+  for (size_t j = 0; j < J; ++j) {
+    if (need_dt || need_scale) dzs[j] = at::mm(dys[j], ups[j]);
+    if (need_up) zs[j] = at::empty_like(t);
+    if (need_scale) d_scales[j] = at::empty_like(scales[j]);
+  }
+  at::Tensor dt = need_dt ? at::empty_like(t) : at::Tensor();
+  if (need_dt || need_scale || need_up)
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dma_linear_r_wide", [&] {
+      r_wide_backward<scalar_t>(t, dzs, scales, dt, d_scales, zs);
+    });
+
+  for (size_t j = 0; j < J; ++j) {
+    d_ups[j] = need_up ? at::mm(dys[j].t(), zs[j]) : none();
+    const auto gamma = get(gammas, j);
+    if (need_gamma && gamma.has_value()) {
+      d_gammas[j] = at::empty_like(*gamma);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dma_linear_gamma_grad",
+                                      [&] { gamma_grad<scalar_t>(dys[j], *get(bases, j), d_gammas[j]); });
+    } else {
+      d_gammas[j] = none();
+    }
+    if (!need_scale) d_scales[j] = none();
+  }
+  at::Tensor d_down = need_down ? at::mm(dt.t(), x) : none();
+
+  at::Tensor dx = none();
+  if (need_x) {
+    dx = at::mm(dt, down);
+    for (size_t j = 0; j < J; ++j) {
+      const auto gamma = get(gammas, j);
+      if (!gamma.has_value()) {
+        dx.addmm_(dys[j], weights[j]);
+      } else if (K <= M) {  // (gamma * dy) @ W == dy @ (gamma[:, None] * W): scale the smaller operand
+        dx.addmm_(dys[j], weights[j] * gamma->unsqueeze(1));
+      } else {
+        dx.addmm_(dys[j] * *gamma, weights[j]);
+      }
+    }
+  }
+  return {dx, d_down, d_ups, d_scales, d_gammas};
+}
+
+}  // namespace petal_C::cpu

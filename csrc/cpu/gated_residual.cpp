@@ -1,0 +1,422 @@
+// VL-PET gated residual on the CPU: one row-parallel, vectorised pass forward and one backward
+// (two for "small", whose gate is a per-example mean). Element math: petal/gated_residual.h.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <vector>
+
+#include "cpu_kernel_utils.h"
+#include "ops.h"
+#include "petal/gated_residual.h"
+
+namespace petal_C::cpu {
+namespace {
+
+enum class Gate { large, middleX, middleY, small };
+
+Gate parse_gate(std::string_view name) {
+  if (name == "large") return Gate::large;
+  if (name == "middleX") return Gate::middleX;
+  if (name == "middleY") return Gate::middleY;
+  if (name == "small") return Gate::small;
+  TORCH_CHECK_VALUE(false, "granularity must be one of large, middleX, middleY, small; got ", name);
+}
+
+template <typename scalar_t>
+const scalar_t* ptr_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
+}
+
+// Raw views of one call's canonical (M, d) tensors plus the gate's parameters.
+template <typename scalar_t>
+struct Rows {
+  using acc = acc_t<scalar_t>;
+  using red = red_t<scalar_t>;
+  using Vec = AccVec<scalar_t>;
+  using RVec = at::vec::Vectorized<red>;
+  using io = Io<scalar_t>;
+
+  int64_t M, d, dp;  // dp: d padded to whole vectors (layout of the red_t scratch rows)
+  const scalar_t *x, *h, *u, *logits, *weight, *vector, *mask;
+  red bias;
+  std::vector<red> w_wide;  // gate_weight in red_t, one padded segment per d-slice
+  Vec a_s, g_s;
+
+  Rows(const at::Tensor& x_, const at::Tensor& h_, const at::Tensor& u_, double adapter_scale,
+       double gate_scale, const std::optional<at::Tensor>& gate_logits,
+       const std::optional<at::Tensor>& gate_weight, const std::optional<at::Tensor>& gate_bias,
+       const std::optional<at::Tensor>& gate_vector, const std::optional<at::Tensor>& dropout_mask)
+      : M(x_.size(0)),
+        d(x_.size(1)),
+        dp(padded<scalar_t>(x_.size(1))),
+        x(x_.data_ptr<scalar_t>()),
+        h(h_.data_ptr<scalar_t>()),
+        u(u_.data_ptr<scalar_t>()),
+        logits(ptr_or_null<scalar_t>(gate_logits)),
+        weight(ptr_or_null<scalar_t>(gate_weight)),
+        vector(ptr_or_null<scalar_t>(gate_vector)),
+        mask(ptr_or_null<scalar_t>(dropout_mask)),
+        bias(gate_bias.has_value() ? static_cast<red>(gate_bias->data_ptr<scalar_t>()[0]) : red(0)),
+        a_s(static_cast<acc>(adapter_scale)),
+        g_s(static_cast<acc>(gate_scale)) {
+    if (weight) {
+      const int64_t segments = gate_weight->numel() / std::max<int64_t>(d, 1);
+      w_wide.assign(segments * dp, red(0));
+      for (int64_t s = 0; s < segments; ++s)
+        for (int64_t i = 0; i < d; ++i) w_wide[s * dp + i] = static_cast<red>(weight[s * d + i]);
+    }
+  }
+
+  Vec h2(int64_t off, int64_t n) const {
+    return petal::adapter_sum(io::load(h + off, n), io::load(u + off, n), a_s);
+  }
+
+  // Pre-sigmoid score of row m (middleX or small), accumulated in red_t; lanes past d load as 0.
+  red score(Gate gate, int64_t m) const {
+    RVec sum(red(0));
+    const int64_t row = m * d;
+    for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
+      const Vec xv = io::load(x + row + i, n);
+      const Vec hv = h2(row + i, n);
+      const Wide<scalar_t> xw(xv), hw(hv);
+      for (int64_t k = 0; k < Wide<scalar_t>::kParts; ++k) {
+        const red* w = w_wide.data() + i + k * RVec::size();
+        sum = sum + (gate == Gate::middleX
+                         ? petal::middle_x_score_term(xw.part[k], hw.part[k], RVec::loadu(w))
+                         : petal::small_score_term(xw.part[k], hw.part[k], RVec::loadu(w), RVec::loadu(w + dp)));
+      }
+    });
+    return hsum(sum) + bias;
+  }
+
+  // out[m] = x + g_s * (G * h2) * mask, G from gate_of(offset, index in row, n).
+  template <typename GateOf>
+  void write_out(scalar_t* out, int64_t m, const GateOf& gate_of) const {
+    const int64_t row = m * d;
+    for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
+      const Vec xv = io::load(x + row + i, n);
+      const Vec hv = h2(row + i, n);
+      const Vec g = gate_of(row + i, i, n);
+      const Vec o = mask ? petal::gated_out(xv, hv, g, g_s, io::load(mask + row + i, n))
+                         : petal::gated_out(xv, hv, g, g_s);
+      io::store(out + row + i, o, n);
+    });
+  }
+
+  Vec upstream(const scalar_t* dout, int64_t off, int64_t n) const {
+    const Vec dv = io::load(dout + off, n);
+    return mask ? petal::upstream(dv, g_s, io::load(mask + off, n)) : petal::upstream(dv, g_s);
+  }
+
+  // Σ_row e * h2 of row m in red_t: dL/dG for a row gate.
+  red gate_grad_sum(const scalar_t* dout, int64_t m) const {
+    RVec sum(red(0));
+    const int64_t row = m * d;
+    for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
+      sum = sum + Wide<scalar_t>(petal::gate_score_term(upstream(dout, row + i, n), h2(row + i, n))).sum();
+    });
+    return hsum(sum);
+  }
+};
+
+int64_t row_grain(int64_t d) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)); }
+
+template <typename scalar_t>
+void forward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, scalar_t* out, scalar_t* stat) {
+  using acc = acc_t<scalar_t>;
+  using red = red_t<scalar_t>;
+  using Vec = AccVec<scalar_t>;
+  using io = Io<scalar_t>;
+  const int64_t M = r.M;
+  switch (gate) {
+    case Gate::large:
+      at::parallel_for(0, M, row_grain(r.d), [&](int64_t m0, int64_t m1) {
+        for (int64_t m = m0; m < m1; ++m)
+          r.write_out(out, m, [&](int64_t off, int64_t, int64_t n) {
+            return petal::gate_large(io::load(r.logits + off, n));
+          });
+      });
+      break;
+    case Gate::middleY:
+      at::parallel_for(0, M, row_grain(r.d), [&](int64_t m0, int64_t m1) {
+        for (int64_t m = m0; m < m1; ++m)
+          r.write_out(out, m, [&](int64_t, int64_t i, int64_t n) {
+            return petal::gate_middle_y(io::load(r.vector + i, n));
+          });
+      });
+      break;
+    case Gate::middleX:
+      at::parallel_for(0, M, row_grain(r.d), [&](int64_t m0, int64_t m1) {
+        for (int64_t m = m0; m < m1; ++m) {
+          stat[m] = static_cast<scalar_t>(r.score(gate, m));
+          const Vec g(petal::sigmoid(static_cast<acc>(stat[m])));  // from the stored stat, as the backward
+          r.write_out(out, m, [&](int64_t, int64_t, int64_t) { return g; });
+        }
+      });
+      break;
+    case Gate::small: {
+      const int64_t T = M / batch;
+      std::vector<red> score(M);
+      at::parallel_for(0, M, row_grain(r.d), [&](int64_t m0, int64_t m1) {
+        for (int64_t m = m0; m < m1; ++m) {
+          score[m] = r.score(gate, m);
+          stat[m] = static_cast<scalar_t>(score[m]);
+        }
+      });
+      std::vector<acc> g_ex(batch);
+      for (int64_t b = 0; b < batch; ++b) {
+        red sum = 0;
+        for (int64_t m = b * T; m < (b + 1) * T; ++m) sum += petal::sigmoid(score[m]);
+        g_ex[b] = static_cast<acc>(static_cast<scalar_t>(sum / static_cast<red>(T)));
+      }
+      at::parallel_for(0, M, row_grain(r.d), [&](int64_t m0, int64_t m1) {
+        for (int64_t m = m0; m < m1; ++m) {
+          const Vec g(g_ex[m / T]);
+          r.write_out(out, m, [&](int64_t, int64_t, int64_t) { return g; });
+        }
+      });
+      break;
+    }
+  }
+}
+
+// Per-chunk red_t partial sums of `segments` d-wide gradients (rows padded to dp), combined in chunk
+// order into dst (scalar_t, segments * d).
+template <typename scalar_t>
+struct Partials {
+  using red = red_t<scalar_t>;
+  int64_t chunks, segments, d, dp;
+  std::vector<red> data;
+
+  Partials(int64_t chunks_, int64_t segments_, int64_t d_)
+      : chunks(chunks_), segments(segments_), d(d_), dp(padded<scalar_t>(d_)),
+        data(chunks_ * segments_ * dp, red(0)) {}
+  red* chunk(int64_t c, int64_t segment = 0) { return data.data() + (c * segments + segment) * dp; }
+
+  void combine(scalar_t* dst) const {
+    at::parallel_for(0, segments * d, 256, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t s = k / d, i = k % d;
+        red sum = 0;
+        for (int64_t c = 0; c < chunks; ++c) sum += data[(c * segments + s) * dp + i];
+        dst[k] = static_cast<scalar_t>(sum);
+      }
+    });
+  }
+};
+
+template <typename scalar_t>
+struct Grads {
+  scalar_t *dx, *dh, *du, *d_logits, *d_weight, *d_bias, *d_vector;
+};
+
+template <typename scalar_t>
+void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const scalar_t* dout,
+                     const scalar_t* stat, const Grads<scalar_t>& g) {
+  using acc = acc_t<scalar_t>;
+  using red = red_t<scalar_t>;
+  using Vec = AccVec<scalar_t>;
+  using RVec = at::vec::Vectorized<red>;
+  using io = Io<scalar_t>;
+  const int64_t M = r.M, d = r.d;
+
+  // dh = dh2, du = a_s * dh2.
+  auto store_h_grads = [&](int64_t off, const Vec& dh2, int64_t n) {
+    io::store(g.dh + off, dh2, n);
+    io::store(g.du + off, petal::adapter_u_grad(dh2, r.a_s), n);
+  };
+
+  if (gate == Gate::large) {
+    at::parallel_for(0, M, row_grain(d), [&](int64_t m0, int64_t m1) {
+      for_each_vec<Vec>((m1 - m0) * d, [&](int64_t i, int64_t n) {
+        const int64_t off = m0 * d + i;
+        const Vec hv = r.h2(off, n);
+        const Vec G = petal::gate_large(io::load(r.logits + off, n));
+        const Vec e = r.upstream(dout, off, n);
+        store_h_grads(off, petal::gate_h2_grad(e, G), n);
+        io::store(g.d_logits + off, petal::large_logit_grad(e, hv, G), n);
+        io::store(g.dx + off, io::load(dout + off, n), n);
+      });
+    });
+    return;
+  }
+
+  const int64_t chunks = num_chunks(M);
+  if (gate == Gate::middleY) {
+    Partials<scalar_t> dvec(chunks, 1, d);
+    for_each_chunk(M, chunks, [&](int64_t c, int64_t m0, int64_t m1) {
+      red* part = dvec.chunk(c);
+      for (int64_t m = m0; m < m1; ++m) {
+        for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
+          const int64_t off = m * d + i;
+          const Vec e = r.upstream(dout, off, n);
+          store_h_grads(off, petal::gate_h2_grad(e, petal::gate_middle_y(io::load(r.vector + i, n))), n);
+          Wide<scalar_t>(petal::gate_score_term(e, r.h2(off, n))).add_to(part + i);
+          io::store(g.dx + off, io::load(dout + off, n), n);
+        });
+      }
+    });
+    dvec.combine(g.d_vector);
+    return;
+  }
+
+  // Row gates: ds[m] = dL/d score[m] and G[m], the row's gate value.
+  std::vector<red> ds(M);
+  std::vector<acc> G(M);
+  if (gate == Gate::middleX) {
+    at::parallel_for(0, M, row_grain(d), [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m) {
+        const red sg = petal::sigmoid(static_cast<red>(stat[m]));
+        G[m] = static_cast<acc>(static_cast<scalar_t>(sg));
+        ds[m] = petal::row_score_grad(r.gate_grad_sum(dout, m), sg);
+      }
+    });
+  } else {
+    const int64_t T = M / batch;
+    at::parallel_for(0, M, row_grain(d), [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m) ds[m] = r.gate_grad_sum(dout, m);
+    });
+    for (int64_t b = 0; b < batch; ++b) {
+      red d_gate = 0, gate_sum = 0;
+      for (int64_t m = b * T; m < (b + 1) * T; ++m) {
+        d_gate += ds[m];
+        gate_sum += petal::sigmoid(static_cast<red>(stat[m]));
+      }
+      d_gate /= static_cast<red>(T);
+      const acc g_ex = static_cast<acc>(static_cast<scalar_t>(gate_sum / static_cast<red>(T)));
+      for (int64_t m = b * T; m < (b + 1) * T; ++m) {
+        G[m] = g_ex;
+        ds[m] = petal::row_score_grad(d_gate, petal::sigmoid(static_cast<red>(stat[m])));
+      }
+    }
+  }
+
+  const bool small = gate == Gate::small;
+  const scalar_t* w_h = small ? r.weight + d : r.weight;
+  Partials<scalar_t> dw(chunks, small ? 2 : 1, d), db(chunks, 1, 1);
+  for_each_chunk(M, chunks, [&](int64_t c, int64_t m0, int64_t m1) {
+    red* part_x = dw.chunk(c, 0);
+    red* part_h = dw.chunk(c, small ? 1 : 0);
+    red bias_sum = 0;
+    for (int64_t m = m0; m < m1; ++m) {
+      bias_sum += ds[m];
+      const RVec ds_wide(ds[m]);
+      const Vec dsv(static_cast<acc>(static_cast<scalar_t>(ds[m]))), Gv(G[m]);
+      for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
+        const int64_t off = m * d + i;
+        const Vec xv = io::load(r.x + off, n);
+        const Vec hv = r.h2(off, n);
+        const Vec e = r.upstream(dout, off, n);
+        store_h_grads(off, petal::gate_h2_grad(e, Gv, dsv, io::load(w_h + i, n)), n);
+        io::store(g.dx + off, petal::row_gate_x_grad(io::load(dout + off, n), dsv, io::load(r.weight + i, n)), n);
+        auto weight_grad = [&](const RVec& v) { return petal::row_weight_grad(ds_wide, v); };
+        if (small) {
+          Wide<scalar_t>(xv).add_to(part_x + i, weight_grad);
+          Wide<scalar_t>(hv).add_to(part_h + i, weight_grad);
+        } else {
+          Wide<scalar_t>(xv + hv).add_to(part_x + i, weight_grad);
+        }
+      });
+    }
+    db.chunk(c)[0] = bias_sum;
+  });
+  dw.combine(g.d_weight);
+  db.combine(g.d_bias);
+}
+
+void check_rows(const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(t.dim() == 2 && t.sizes() == x.sizes() && t.is_contiguous() && t.scalar_type() == x.scalar_type(),
+              "petal_C: ", name, " must be a contiguous ", x.sizes(), " ", x.scalar_type(), " tensor, got ",
+              t.sizes(), " ", t.scalar_type());
+}
+
+void check_call(Gate gate, const at::Tensor& x, const at::Tensor& h, const at::Tensor& u,
+                const std::optional<at::Tensor>& gate_logits, const std::optional<at::Tensor>& gate_weight,
+                const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& gate_vector,
+                const std::optional<at::Tensor>& dropout_mask, int64_t batch) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "petal_C: x must be a contiguous (M, d) tensor, got ", x.sizes());
+  check_rows("h", h, x);
+  check_rows("u", u, x);
+  if (dropout_mask.has_value()) check_rows("dropout_mask", *dropout_mask, x);
+  const int64_t d = x.size(1);
+  auto vec = [&](const char* name, const std::optional<at::Tensor>& t, int64_t n) {
+    TORCH_CHECK(t.has_value() && t->is_contiguous() && t->numel() == n && t->scalar_type() == x.scalar_type(),
+                "petal_C: granularity needs ", name, " with ", n, " elements of ", x.scalar_type());
+  };
+  switch (gate) {
+    case Gate::large:
+      TORCH_CHECK(gate_logits.has_value(), "petal_C: granularity 'large' needs gate_logits");
+      check_rows("gate_logits", *gate_logits, x);
+      break;
+    case Gate::middleY:
+      vec("gate_vector", gate_vector, d);
+      break;
+    case Gate::middleX:
+    case Gate::small:
+      vec("gate_weight", gate_weight, gate == Gate::small ? 2 * d : d);
+      vec("gate_bias", gate_bias, 1);
+      break;
+  }
+  if (gate == Gate::small)
+    TORCH_CHECK(batch > 0 && x.size(0) % batch == 0, "petal_C: 'small' needs batch dividing the ", x.size(0),
+                " rows, got ", batch);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> gated_residual_forward(
+    const at::Tensor& x, const at::Tensor& h, const at::Tensor& u, std::string_view granularity,
+    double adapter_scale, double gate_scale, const std::optional<at::Tensor>& gate_logits,
+    const std::optional<at::Tensor>& gate_weight, const std::optional<at::Tensor>& gate_bias,
+    const std::optional<at::Tensor>& gate_vector, const std::optional<at::Tensor>& dropout_mask,
+    int64_t batch) {
+  const Gate gate = parse_gate(granularity);
+  check_call(gate, x, h, u, gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask, batch);
+  at::Tensor out = at::empty_like(x);
+  const bool row_gate = gate == Gate::middleX || gate == Gate::small;
+  at::Tensor stat = x.new_empty({row_gate ? x.size(0) : 0});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gated_residual_forward", [&] {
+    const Rows<scalar_t> rows(x, h, u, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
+                              gate_vector, dropout_mask);
+    forward_kernel<scalar_t>(rows, gate, batch, out.data_ptr<scalar_t>(),
+                             row_gate ? stat.data_ptr<scalar_t>() : nullptr);
+  });
+  return {out, stat};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gated_residual_backward(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& h, const at::Tensor& u,
+                        std::string_view granularity, double adapter_scale, double gate_scale,
+                        const std::optional<at::Tensor>& gate_logits,
+                        const std::optional<at::Tensor>& gate_weight,
+                        const std::optional<at::Tensor>& gate_bias,
+                        const std::optional<at::Tensor>& gate_vector,
+                        const std::optional<at::Tensor>& dropout_mask, int64_t batch, const at::Tensor& stat) {
+  const Gate gate = parse_gate(granularity);
+  check_call(gate, x, h, u, gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask, batch);
+  check_rows("dout", dout, x);
+  const bool row_gate = gate == Gate::middleX || gate == Gate::small;
+  if (row_gate)
+    TORCH_CHECK(stat.is_contiguous() && stat.numel() == x.size(0) && stat.scalar_type() == x.scalar_type(),
+                "petal_C: stat must hold one ", x.scalar_type(), " score per row (", x.size(0), "), got ",
+                stat.sizes());
+  at::Tensor dx = at::empty_like(x), dh = at::empty_like(x), du = at::empty_like(x);
+  auto grad_like = [&](const std::optional<at::Tensor>& t, bool used) {
+    return used ? at::empty_like(*t) : x.new_empty({0});
+  };
+  at::Tensor d_logits = grad_like(gate_logits, gate == Gate::large);
+  at::Tensor d_weight = grad_like(gate_weight, row_gate);
+  at::Tensor d_bias = grad_like(gate_bias, row_gate);
+  at::Tensor d_vector = grad_like(gate_vector, gate == Gate::middleY);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gated_residual_backward", [&] {
+    const Rows<scalar_t> rows(x, h, u, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
+                              gate_vector, dropout_mask);
+    auto p = [](at::Tensor& t) { return t.numel() ? t.data_ptr<scalar_t>() : nullptr; };
+    const Grads<scalar_t> grads{p(dx), p(dh), p(du), p(d_logits), p(d_weight), p(d_bias), p(d_vector)};
+    backward_kernel<scalar_t>(rows, gate, batch, dout.data_ptr<scalar_t>(),
+                              row_gate ? stat.data_ptr<scalar_t>() : nullptr, grads);
+  });
+  return {dx, dh, du, d_logits, d_weight, d_bias, d_vector};
+}
+
+}  // namespace petal_C::cpu

@@ -1,0 +1,95 @@
+"""The ``cpu`` backend: the compiled kernels of ``petal_kernels._C`` (csrc/cpu) behind the canonical API.
+
+The four functions only adapt the canonical signatures of ``petal_kernels.reference`` to the
+``torch.ops.petal_C`` schemas (listed in csrc/cpu/bindings.cpp) and turn the 0-element tensors the
+kernels return for gradients nobody asked for into ``None``. Nothing here is device specific: the
+same ``torch.ops.petal_C`` calls reach the CUDA kernels for CUDA tensors, so a CUDA backend can
+re-export these functions next to its own ``is_available``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+_import_error: str | None = None
+
+
+def _ops():
+    return torch.ops.petal_C
+
+
+def is_available() -> bool:
+    """True when ``petal_kernels._C`` imports and registered its CPU kernels."""
+    global _import_error
+    try:
+        importlib.import_module("petal_kernels._C")
+    except ImportError as e:  # not built (PETAL_SKIP_EXT, no compiler) or built against another torch
+        _import_error = f"{type(e).__name__}: {e}"
+        return False
+    if not hasattr(torch.ops.petal_C, "gated_residual_forward"):
+        _import_error = "petal_kernels._C loaded but registered no petal_C operators"
+        return False
+    return True
+
+
+def unavailable_reason() -> str:
+    if _import_error is None and is_available():
+        return ""
+    return (f"the compiled extension petal_kernels._C is not usable ({_import_error}); "
+            "build it with `pip install --no-build-isolation .`")
+
+
+# --------------------------------------------------------------------------- dma_linear
+
+
+def dma_linear_forward(x, weights, biases, down, ups, scales, gammas):
+    ys, t, bases = _ops().dma_linear_forward(
+        x, list(weights), list(biases), down, list(ups), list(scales), list(gammas))
+    return list(ys), t, list(bases)
+
+
+def dma_linear_backward(dys, x, weights, down, ups, scales, gammas, t, bases, needs):
+    need_x, need_down, need_up, need_scale, need_gamma = (bool(n) for n in needs)
+    gammas = list(gammas)
+    dx, d_down, d_ups, d_scales, d_gammas = _ops().dma_linear_backward(
+        list(dys), x, list(weights), down, list(ups), list(scales), gammas, t, list(bases),
+        [need_x, need_down, need_up, need_scale, need_gamma])
+    return (
+        dx if need_x else None,
+        d_down if need_down else None,
+        [g if need_up else None for g in d_ups],
+        [g if need_scale else None for g in d_scales],
+        [g if (need_gamma and gamma is not None) else None for g, gamma in zip(d_gammas, gammas)],
+    )
+
+
+# --------------------------------------------------------------------------- gated_residual
+
+
+def gated_residual_forward(
+    x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
+    gate_vector, dropout_mask, batch,
+):
+    out, stat = _ops().gated_residual_forward(
+        x, h, u, granularity, float(adapter_scale), float(gate_scale), gate_logits, gate_weight,
+        gate_bias, gate_vector, dropout_mask, int(batch))
+    return out, stat
+
+
+def gated_residual_backward(
+    dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
+    gate_vector, dropout_mask, batch, stat,
+):
+    dx, dh, du, d_logits, d_weight, d_bias, d_vector = _ops().gated_residual_backward(
+        dout, x, h, u, granularity, float(adapter_scale), float(gate_scale), gate_logits, gate_weight,
+        gate_bias, gate_vector, dropout_mask, int(batch), stat)
+    row_gate = granularity in ("middleX", "small")
+    return (
+        dx, dh, du,
+        d_logits if granularity == "large" else None,
+        d_weight if row_gate else None,
+        d_bias if row_gate else None,
+        d_vector if granularity == "middleY" else None,
+    )
