@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-
 import triton  # noqa: F401 - an ImportError here tells _backend this backend is unavailable
 
 from .. import reference

@@ -33,18 +33,9 @@ import triton
 import triton.language as tl
 
 from . import autotune as at
+from .numerics import cast, dot, emulate_bf16
 
 SLOTS = 3  # projections per launch (q, k, v); more are handled in chunks of SLOTS
-
-
-@triton.jit
-def _dot(a, b, acc, UPCAST: tl.constexpr):
-    # UPCAST: the interpreter's tl.dot mishandles bfloat16 operands; fp32 products of bf16 are exact
-    if UPCAST:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
-    else:
-        out = tl.dot(a, b, acc)
-    return out
 
 
 @triton.jit
@@ -65,7 +56,7 @@ def _pick(j: tl.constexpr, a0, a1, a2):
 @triton.jit
 def _rank_proj_kernel(
     x_ptr, down_ptr, t_ptr, M, K, R, stride_xm, stride_dr, stride_tm, M_BUCKET,
-    BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, UPCAST: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, EMU_BF16: tl.constexpr,
 ):
     """t[M, R] = x[M, K] @ down[R, K]ᵀ."""
     pid_m = tl.program_id(0)
@@ -82,11 +73,11 @@ def _rank_proj_kernel(
         k_mask = rk + k0 < K
         a = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         b = tl.load(d_ptrs, mask=k_mask[:, None] & r_mask[None, :], other=0.0)
-        acc = _dot(a, b, acc, UPCAST)
+        acc = dot(a, b, acc, EMU_BF16)
         x_ptrs += BK
         d_ptrs += BK
     t_ptrs = t_ptr + rm[:, None] * stride_tm + rr[None, :]
-    tl.store(t_ptrs, acc.to(t_ptr.dtype.element_ty), mask=m_mask[:, None] & r_mask[None, :])
+    tl.store(t_ptrs, cast(acc, t_ptr.dtype.element_ty, EMU_BF16), mask=m_mask[:, None] & r_mask[None, :])
 
 
 @triton.autotune(configs=at.GEMM_CONFIGS, key=["M_BUCKET", "N_TOTAL", "K", "R"])
@@ -95,7 +86,7 @@ def _dma_fwd_kernel(
     x_ptr, t_ptr,
     w0, w1, w2, b0, b1, b2, u0, u1, u2, s0, s1, s2, g0, g1, g2, y0, y1, y2, base0, base1, base2,
     M, K, R, N0, N1, N2, ss0, ss1, ss2, stride_xm, stride_tm, M_BUCKET, N_TOTAL,
-    HAS_BIAS: tl.constexpr, HAS_GAMMA: tl.constexpr, UPCAST: tl.constexpr, BR: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_GAMMA: tl.constexpr, EMU_BF16: tl.constexpr, BR: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """y_j = gamma_j*(x @ W_jᵀ) + b_j + (t*s_j) @ up_jᵀ over the concatenated N of slots 0..2.
@@ -162,13 +153,13 @@ def _dma_fwd_kernel(
         k_mask = rk + k0 < K
         a = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         bt = tl.load(w_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc = _dot(a, bt, acc, UPCAST)
+        acc = dot(a, bt, acc, EMU_BF16)
         x_ptrs += BK
         w_ptrs += BK
 
     mn_mask = m_mask[:, None] & n_mask[None, :]
     if HAS_GAMMA:
-        tl.store(base + rm[:, None] * N + rn[None, :], acc.to(dtype), mask=mn_mask)
+        tl.store(base + rm[:, None] * N + rn[None, :], cast(acc, dtype, EMU_BF16), mask=mn_mask)
         gam = tl.load(g + rn, mask=n_mask, other=0.0).to(tl.float32)
         acc = acc * gam[None, :]
     if HAS_BIAS:
@@ -180,11 +171,11 @@ def _dma_fwd_kernel(
         mr_mask = m_mask[:, None] & r_mask[None, :]
         tt = tl.load(t_ptr + rm[:, None] * stride_tm + (r0 + rr)[None, :], mask=mr_mask, other=0.0)
         sc = tl.load(s + rm[:, None] * ss + (r0 + rr)[None, :], mask=mr_mask, other=0.0)
-        z = (tt.to(tl.float32) * sc.to(tl.float32)).to(dtype)
+        z = cast(tt.to(tl.float32) * sc.to(tl.float32), dtype, EMU_BF16)
         ut = tl.load(u + rn[None, :] * R + (r0 + rr)[:, None],
                      mask=r_mask[:, None] & n_mask[None, :], other=0.0)
-        acc = _dot(z, ut, acc, UPCAST)
-    tl.store(y + rm[:, None] * N + rn[None, :], acc.to(dtype), mask=mn_mask)
+        acc = dot(z, ut, acc, EMU_BF16)
+    tl.store(y + rm[:, None] * N + rn[None, :], cast(acc, dtype, EMU_BF16), mask=mn_mask)
 
 
 # --------------------------------------------------------------------------- backward
@@ -196,11 +187,10 @@ def _dma_dz_kernel(
     dy0, dy1, dy2, u0, u1, u2, s0, s1, s2, ds0, ds1, ds2, t_ptr, dt_ptr,
     M, R, N0, N1, N2, ss0, ss1, ss2, stride_tm, stride_dtm, M_BUCKET, N_TOTAL,
     J: tl.constexpr, NEED_DT: tl.constexpr, NEED_SCALE: tl.constexpr, SCALE_ROWS: tl.constexpr,
-    UPCAST: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
+    EMU_BF16: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
 ):
     """dz_j = dy_j @ up_j; dt = Σ_j dz_j*s_j; d_scale_j = dz_j*t (bit j of SCALE_ROWS) or its column
     sums over this program's BM rows, written to row pid_m of a (cdiv(M, BM), R) fp32 partial."""
-    dtype = u0.dtype.element_ty
     pid_m = tl.program_id(0)
     pid_r = tl.program_id(1)
     rm = pid_m * BM + tl.arange(0, BM)
@@ -224,12 +214,12 @@ def _dma_dz_kernel(
                         mask=m_mask[:, None] & n_mask[None, :], other=0.0)
             b = tl.load(u + (n0 + rk)[:, None] * R + rr[None, :],
                         mask=n_mask[:, None] & r_mask[None, :], other=0.0)
-            dz = _dot(a, b.to(dtype), dz, UPCAST)
+            dz = dot(a, b, dz, EMU_BF16)
         if NEED_SCALE:
             ds_ptr = _pick(j, ds0, ds1, ds2)
             ds = dz * tt
             if (SCALE_ROWS >> j) & 1:
-                tl.store(ds_ptr + rm[:, None] * R + rr[None, :], ds.to(ds_ptr.dtype.element_ty),
+                tl.store(ds_ptr + rm[:, None] * R + rr[None, :], cast(ds, ds_ptr.dtype.element_ty, EMU_BF16),
                          mask=mr_mask)
             else:
                 tl.store(ds_ptr + pid_m * R + rr, tl.sum(ds, axis=0), mask=r_mask)
@@ -247,7 +237,7 @@ def _dma_dz_kernel(
 def _dma_dx_kernel(
     dy0, dy1, dy2, w0, w1, w2, g0, g1, g2, dt_ptr, down_ptr, dx_ptr,
     M, K, R, N0, N1, N2, stride_dtm, stride_dr, stride_dxm, M_BUCKET, N_TOTAL,
-    J: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_DT: tl.constexpr, UPCAST: tl.constexpr,
+    J: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_DT: tl.constexpr, EMU_BF16: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """dx[M, K] = Σ_j (gamma_j*dy_j) @ W_j + dt @ down: the reduction runs over N_0, …, N_{J-1}, then R."""
@@ -277,10 +267,10 @@ def _dma_dx_kernel(
                         mask=m_mask[:, None] & n_mask[None, :], other=0.0)
             if HAS_GAMMA:
                 gam = tl.load(g + n0 + rk, mask=n_mask, other=0.0).to(tl.float32)
-                a = (a.to(tl.float32) * gam[None, :]).to(dtype)
+                a = cast(a.to(tl.float32) * gam[None, :], dtype, EMU_BF16)
             b = tl.load(w + (n0 + rk)[:, None] * K + rc[None, :],
                         mask=n_mask[:, None] & c_mask[None, :], other=0.0)
-            acc = _dot(a, b, acc, UPCAST)
+            acc = dot(a, b, acc, EMU_BF16)
     if HAS_DT:
         for r0 in range(0, R, BK):
             r_mask = rk + r0 < R
@@ -288,8 +278,8 @@ def _dma_dx_kernel(
                         mask=m_mask[:, None] & r_mask[None, :], other=0.0)
             b = tl.load(down_ptr + (r0 + rk)[:, None] * stride_dr + rc[None, :],
                         mask=r_mask[:, None] & c_mask[None, :], other=0.0)
-            acc = _dot(a.to(dtype), b, acc, UPCAST)
-    tl.store(dx_ptr + rm[:, None] * stride_dxm + rc[None, :], acc.to(dx_ptr.dtype.element_ty),
+            acc = dot(cast(a, dtype, EMU_BF16), b, acc, EMU_BF16)
+    tl.store(dx_ptr + rm[:, None] * stride_dxm + rc[None, :], cast(acc, dx_ptr.dtype.element_ty, EMU_BF16),
              mask=m_mask[:, None] & c_mask[None, :])
 
 
@@ -298,7 +288,7 @@ def _dma_dx_kernel(
 def _row_reduce_kernel(
     a_ptr, b_ptr, s_ptr, base_ptr, c_ptr, gp_ptr, M, P, Q, ss, rows_per_split,
     stride_am, stride_bm, M_BUCKET,
-    NEED_C: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_GAMMA: tl.constexpr, UPCAST: tl.constexpr,
+    NEED_C: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_GAMMA: tl.constexpr, EMU_BF16: tl.constexpr,
     BP: tl.constexpr, BQ: tl.constexpr, BM: tl.constexpr,
 ):
     """Partial ``c[split] = A[rows]ᵀ (B[rows] * S[rows])`` over this split's rows; with HAS_GAMMA the
@@ -325,8 +315,8 @@ def _row_reduce_kernel(
             b = tl.load(b_ptr + rm[:, None] * stride_bm + rq[None, :], mask=mq_mask, other=0.0)
             if HAS_SCALE:
                 sc = tl.load(s_ptr + rm[:, None] * ss + rq[None, :], mask=mq_mask, other=0.0)
-                b = (b.to(tl.float32) * sc.to(tl.float32)).to(dtype)
-            acc = _dot(at_.to(dtype), b, acc, UPCAST)
+                b = cast(b.to(tl.float32) * sc.to(tl.float32), dtype, EMU_BF16)
+            acc = dot(cast(at_, dtype, EMU_BF16), b, acc, EMU_BF16)
         if HAS_GAMMA:
             if pid_q == 0:
                 bt = tl.load(base_ptr + rm[None, :] * stride_am + rp[:, None], mask=pm_mask, other=0.0)
@@ -340,10 +330,6 @@ def _row_reduce_kernel(
 
 
 # --------------------------------------------------------------------------- launch wrappers
-
-
-def _upcast(dtype: torch.dtype) -> bool:
-    return at.INTERPRET and dtype == torch.bfloat16
 
 
 def _chunks(n: int):
@@ -381,7 +367,7 @@ def rank_projection(x: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
         return triton.cdiv(M, meta["BM"]), triton.cdiv(R, BR)
 
     _rank_proj_kernel[grid](x, down, t, M, K, R, x.stride(0), down.stride(0), t.stride(0),
-                            at.bucket(M), BR=BR, UPCAST=_upcast(x.dtype))
+                            at.bucket(M), BR=BR, EMU_BF16=emulate_bf16(x.dtype))
     return t
 
 
@@ -413,7 +399,7 @@ def forward(x, weights, biases, down, ups, scales, gammas):
             x, t, *pick(weights), *pick(biases_k if has_bias else [x] * J), *pick(ups), *pick(scales),
             *pick(gammas_k if has_gamma else [x] * J), *pick(ys), *pick(bases),
             M, K, R, *Ns, *ss, x.stride(0), t.stride(0), at.bucket(M), sum(Ns),
-            HAS_BIAS=has_bias, HAS_GAMMA=has_gamma, UPCAST=_upcast(x.dtype), BR=BR,
+            HAS_BIAS=has_bias, HAS_GAMMA=has_gamma, EMU_BF16=emulate_bf16(x.dtype), BR=BR,
         )
     bases = [b if g is not None else x.new_empty(0) for b, g in zip(bases, gammas)]
     return ys, t, bases
@@ -439,7 +425,7 @@ def _dz(dys, ups, scales, t, idx, need_dt, need_scale):
         M, R, *Ns, *ss, t.stride(0), dt.stride(0), at.bucket(M), sum(Ns),
         J=len(idx), NEED_DT=need_dt, NEED_SCALE=need_scale,
         SCALE_ROWS=sum(1 << i for i, rows in enumerate(rows_scale) if rows),
-        UPCAST=_upcast(t.dtype), BM=BM, BR=BR,
+        EMU_BF16=emulate_bf16(t.dtype), BM=BM, BR=BR,
     )
     if need_scale:
         ds = [d if rows else d.sum(0).to(t.dtype) for d, rows in zip(ds, rows_scale)]
@@ -465,7 +451,7 @@ def _dx(dys, weights, gammas, dt, down, idx, out):
     _dma_dx_kernel[grid](
         *pick(dys), *pick(weights), *pick(gammas), dt_arg, down, out,
         M, K, R, *Ns, dt_arg.stride(0), down.stride(0), out.stride(0), at.bucket(M), sum(Ns),
-        J=len(idx), HAS_GAMMA=has_gamma, HAS_DT=has_dt, UPCAST=_upcast(down.dtype),
+        J=len(idx), HAS_GAMMA=has_gamma, HAS_DT=has_dt, EMU_BF16=emulate_bf16(down.dtype),
     )
 
 
@@ -485,7 +471,7 @@ def row_reduce(a, b, scale=None, base=None, need_c=True):
         a, b, b if scale is None else scale, a if base is None else base, c, gp, M, P, Q, ss, rows,
         a.stride(0), b.stride(0), at.bucket(M),
         NEED_C=need_c, HAS_SCALE=scale is not None, HAS_GAMMA=base is not None,
-        UPCAST=_upcast(b.dtype),
+        EMU_BF16=emulate_bf16(b.dtype),
     )
     c = c.sum(0).to(b.dtype) if need_c else None
     g = gp.sum(0).to(b.dtype) if base is not None else None

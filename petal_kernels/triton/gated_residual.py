@@ -9,7 +9,10 @@ reductions (``middleX``, ``small``) happen in registers.
   gate before any output: phase ``STAT`` writes the row scores, phase ``APPLY`` (each program first
   averages its example's T scores) writes ``out``.
 * ``_gr_bwd_kernel``: one pass for ``large``/``middleX``/``middleY``; ``small`` first runs phase
-  ``ROWDOT`` (``Σ_d e*h2`` per row), then ``MAIN`` sums its example's row dots. Gradients of the gate
+  ``ROWDOT`` (``Σ_d e*h2`` per row), then ``MAIN`` sums its example's row dots. The gate scores are
+  recomputed in fp32 from the rows the kernel reads anyway (``middleX``) or in ``ROWDOT`` (``small``)
+  rather than read back from the saved ``stat``, which half-precision rounding makes inaccurate where
+  the sigmoid saturates. Gradients of the gate
   parameters are per-program fp32 partials (B*CH of them, CH fixed by the wrapper, not by the config)
   summed by ``torch.sum`` afterwards: deterministic, no atomics.
 
@@ -24,10 +27,14 @@ import triton
 import triton.language as tl
 
 from . import autotune as at
+from .numerics import cast, emulate_bf16
 
-LARGE, MIDDLE_X, MIDDLE_Y, SMALL = 0, 1, 2, 3
+LARGE, MIDDLE_X, MIDDLE_Y, SMALL = range(4)
 GRAN_CODE = {"large": LARGE, "middleX": MIDDLE_X, "middleY": MIDDLE_Y, "small": SMALL}
-ONE_PASS, STAT, APPLY, ROWDOT, MAIN = 0, 1, 2, 3, 4
+ONE_PASS, STAT, APPLY, ROWDOT, MAIN = range(5)
+# the same codes for the kernels, which may only read globals that are tl.constexpr
+K_LARGE, K_MIDDLE_X, K_MIDDLE_Y, K_SMALL = (tl.constexpr(i) for i in range(4))
+K_STAT, K_APPLY, K_ROWDOT, K_MAIN = (tl.constexpr(i) for i in range(1, 5))
 BLOCK_T = 128  # chunk of an example's per-row scores summed at the start of APPLY / MAIN
 
 
@@ -50,7 +57,7 @@ def _example_mean(ptr, row0, T, BLOCK_T: tl.constexpr, SIGMOID: tl.constexpr):
 def _gr_fwd_kernel(
     x_ptr, h_ptr, u_ptr, lg_ptr, w_ptr, b_ptr, v_ptr, mask_ptr, out_ptr, stat_ptr,
     T, D, stride_m, adapter_scale, gate_scale, M_BUCKET,
-    GRAN: tl.constexpr, PHASE: tl.constexpr, HAS_MASK: tl.constexpr,
+    GRAN: tl.constexpr, PHASE: tl.constexpr, HAS_MASK: tl.constexpr, EMU_BF16: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     ex = tl.program_id(0)
@@ -59,14 +66,14 @@ def _gr_fwd_kernel(
     row0 = ex * T
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
-    if GRAN == MIDDLE_X or GRAN == SMALL:
+    if GRAN == K_MIDDLE_X or GRAN == K_SMALL:
         w1 = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
         bias = tl.load(b_ptr).to(tl.float32)
-    if GRAN == SMALL:
+    if GRAN == K_SMALL:
         w2 = tl.load(w_ptr + D + cols, mask=cmask, other=0.0).to(tl.float32)
-        if PHASE == APPLY:
+        if PHASE == K_APPLY:
             g_ex = _example_mean(stat_ptr, row0, T, BLOCK_T, True)
-    if GRAN == MIDDLE_Y:
+    if GRAN == K_MIDDLE_Y:
         g_vec = 1.0 + tl.load(v_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     for start in range(c * BLOCK_M, T, CH * BLOCK_M):
         local = start + tl.arange(0, BLOCK_M)
@@ -78,35 +85,35 @@ def _gr_fwd_kernel(
         h = tl.load(h_ptr + offs, mask=m2, other=0.0).to(tl.float32)
         u = tl.load(u_ptr + offs, mask=m2, other=0.0).to(tl.float32)
         h2 = h + adapter_scale * u
-        if PHASE == STAT:  # small, first pass: fp32 row scores
+        if PHASE == K_STAT:  # small, first pass: fp32 row scores
             s = tl.sum(x * w1[None, :] + h2 * w2[None, :], axis=1) + bias
             tl.store(stat_ptr + rows, s, mask=rmask)
         else:
-            if GRAN == LARGE:
+            if GRAN == K_LARGE:
                 lg = tl.load(lg_ptr + offs, mask=m2, other=0.0).to(tl.float32)
                 delta = tl.sigmoid(lg) * h2
-            elif GRAN == MIDDLE_X:
+            elif GRAN == K_MIDDLE_X:
                 s = tl.sum((x + h2) * w1[None, :], axis=1) + bias
-                tl.store(stat_ptr + rows, s.to(stat_ptr.dtype.element_ty), mask=rmask)
+                tl.store(stat_ptr + rows, cast(s, stat_ptr.dtype.element_ty, EMU_BF16), mask=rmask)
                 delta = tl.sigmoid(s)[:, None] * h2
-            elif GRAN == MIDDLE_Y:
+            elif GRAN == K_MIDDLE_Y:
                 delta = g_vec[None, :] * h2
             else:
                 delta = g_ex * h2
             if HAS_MASK:
                 delta = delta * tl.load(mask_ptr + offs, mask=m2, other=0.0).to(tl.float32)
             out = x + gate_scale * delta
-            tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=m2)
+            tl.store(out_ptr + offs, cast(out, out_ptr.dtype.element_ty, EMU_BF16), mask=m2)
 
 
 @triton.autotune(configs=at.ROW_CONFIGS, key=["D", "M_BUCKET", "GRAN", "PHASE", "HAS_MASK"],
                  prune_configs_by={"early_config_prune": at.prune_row_configs})
 @triton.jit
 def _gr_bwd_kernel(
-    dout_ptr, x_ptr, h_ptr, u_ptr, lg_ptr, w_ptr, v_ptr, mask_ptr, stat_ptr, q_ptr,
+    dout_ptr, x_ptr, h_ptr, u_ptr, lg_ptr, w_ptr, b_ptr, v_ptr, mask_ptr, stat_ptr, q_ptr,
     dx_ptr, dh_ptr, du_ptr, dlg_ptr, pw_ptr, pb_ptr, pv_ptr,
     T, D, stride_m, adapter_scale, gate_scale, M_BUCKET,
-    GRAN: tl.constexpr, PHASE: tl.constexpr, HAS_MASK: tl.constexpr,
+    GRAN: tl.constexpr, PHASE: tl.constexpr, HAS_MASK: tl.constexpr, EMU_BF16: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     ex = tl.program_id(0)
@@ -116,14 +123,15 @@ def _gr_bwd_kernel(
     row0 = ex * T
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
-    if GRAN == MIDDLE_X or GRAN == SMALL:
+    if GRAN == K_MIDDLE_X or GRAN == K_SMALL:
         w1 = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    if GRAN == SMALL:
+        bias = tl.load(b_ptr).to(tl.float32)
+    if GRAN == K_SMALL:
         w2 = tl.load(w_ptr + D + cols, mask=cmask, other=0.0).to(tl.float32)
-        if PHASE == MAIN:
+        if PHASE == K_MAIN:
             g_ex = _example_mean(stat_ptr, row0, T, BLOCK_T, True)
             coef = _example_mean(q_ptr, row0, T, BLOCK_T, False)  # (Σ_rows Σ_d e*h2) / T
-    if GRAN == MIDDLE_Y:
+    if GRAN == K_MIDDLE_Y:
         g_vec = 1.0 + tl.load(v_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     acc_w1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
     acc_w2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -141,24 +149,27 @@ def _gr_bwd_kernel(
         e = dout * gate_scale
         if HAS_MASK:
             e = e * tl.load(mask_ptr + offs, mask=m2, other=0.0).to(tl.float32)
-        if PHASE == ROWDOT:
+        if PHASE == K_ROWDOT:  # small: row dots and fp32 scores (not the saved low-precision stat)
             tl.store(q_ptr + rows, tl.sum(e * h2, axis=1), mask=rmask)
+            x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+            tl.store(stat_ptr + rows, tl.sum(x * w1[None, :] + h2 * w2[None, :], axis=1) + bias, mask=rmask)
         else:
             dx = dout
-            if GRAN == LARGE:
+            if GRAN == K_LARGE:
                 g = tl.sigmoid(tl.load(lg_ptr + offs, mask=m2, other=0.0).to(tl.float32))
                 dh2 = e * g
                 dlg = e * h2 * g * (1.0 - g)
-                tl.store(dlg_ptr + offs, dlg.to(dlg_ptr.dtype.element_ty), mask=m2)
-            elif GRAN == MIDDLE_X:
-                sg = tl.sigmoid(tl.load(stat_ptr + rows, mask=rmask, other=0.0).to(tl.float32))
+                tl.store(dlg_ptr + offs, cast(dlg, dlg_ptr.dtype.element_ty, EMU_BF16), mask=m2)
+            elif GRAN == K_MIDDLE_X:
+                x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+                xh = x + h2
+                sg = tl.sigmoid(tl.sum(xh * w1[None, :], axis=1) + bias)  # fp32 score, recomputed
                 ds = tl.where(rmask, tl.sum(e * h2, axis=1) * sg * (1.0 - sg), 0.0)
                 dh2 = e * sg[:, None] + ds[:, None] * w1[None, :]
                 dx += ds[:, None] * w1[None, :]
-                x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float32)
-                acc_w1 += tl.sum(ds[:, None] * (x + h2), axis=0)
+                acc_w1 += tl.sum(ds[:, None] * xh, axis=0)
                 acc_b += ds
-            elif GRAN == MIDDLE_Y:
+            elif GRAN == K_MIDDLE_Y:
                 dh2 = e * g_vec[None, :]
                 acc_w1 += tl.sum(e * h2, axis=0)
             else:
@@ -171,16 +182,16 @@ def _gr_bwd_kernel(
                 acc_w2 += tl.sum(ds[:, None] * h2, axis=0)
                 acc_b += ds
             dtype = dx_ptr.dtype.element_ty
-            tl.store(dx_ptr + offs, dx.to(dtype), mask=m2)
-            tl.store(dh_ptr + offs, dh2.to(dtype), mask=m2)
-            tl.store(du_ptr + offs, (adapter_scale * dh2).to(dtype), mask=m2)
-    if PHASE != ROWDOT:
-        if GRAN == MIDDLE_X:
+            tl.store(dx_ptr + offs, cast(dx, dtype, EMU_BF16), mask=m2)
+            tl.store(dh_ptr + offs, cast(dh2, dtype, EMU_BF16), mask=m2)
+            tl.store(du_ptr + offs, cast(adapter_scale * dh2, dtype, EMU_BF16), mask=m2)
+    if PHASE != K_ROWDOT:
+        if GRAN == K_MIDDLE_X:
             tl.store(pw_ptr + pid * D + cols, acc_w1, mask=cmask)
             tl.store(pb_ptr + pid, tl.sum(acc_b, axis=0))
-        elif GRAN == MIDDLE_Y:
+        elif GRAN == K_MIDDLE_Y:
             tl.store(pv_ptr + pid * D + cols, acc_w1, mask=cmask)
-        elif GRAN == SMALL:
+        elif GRAN == K_SMALL:
             tl.store(pw_ptr + pid * 2 * D + cols, acc_w1, mask=cmask)
             tl.store(pw_ptr + pid * 2 * D + D + cols, acc_w2, mask=cmask)
             tl.store(pb_ptr + pid, tl.sum(acc_b, axis=0))
@@ -216,7 +227,7 @@ def forward(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_w
             x, h, u, _or(gate_logits, x), _or(gate_weight, x), _or(gate_bias, x),
             _or(gate_vector, x), _or(dropout_mask, x), out, stat_buf,
             T, D, x.stride(0), float(adapter_scale), float(gate_scale), at.bucket(M),
-            GRAN=gran, PHASE=phase, HAS_MASK=dropout_mask is not None,
+            GRAN=gran, PHASE=phase, HAS_MASK=dropout_mask is not None, EMU_BF16=emulate_bf16(x.dtype),
             BLOCK_D=_block_d(D), BLOCK_T=BLOCK_T,
         )
 
@@ -243,14 +254,15 @@ def backward(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits,
     pb = torch.empty(B * CH, **f32) if width else None
     pv = torch.empty(B * CH, D, **f32) if gran == MIDDLE_Y else None
     q = torch.empty(M, **f32) if gran == SMALL else None
+    s32 = torch.empty(M, **f32) if gran == SMALL else None  # the saved ``stat`` is not needed
 
     def launch(phase):
         _gr_bwd_kernel[(B, CH)](
-            dout, x, h, u, _or(gate_logits, x), _or(gate_weight, x), _or(gate_vector, x),
-            _or(dropout_mask, x), _or(stat if stat.numel() else None, x), _or(q, x),
+            dout, x, h, u, _or(gate_logits, x), _or(gate_weight, x), _or(gate_bias, x), _or(gate_vector, x),
+            _or(dropout_mask, x), _or(s32, x), _or(q, x),
             dx, dh, du, _or(d_logits, x), _or(pw, x), _or(pb, x), _or(pv, x),
             T, D, x.stride(0), float(adapter_scale), float(gate_scale), at.bucket(M),
-            GRAN=gran, PHASE=phase, HAS_MASK=dropout_mask is not None,
+            GRAN=gran, PHASE=phase, HAS_MASK=dropout_mask is not None, EMU_BF16=emulate_bf16(x.dtype),
             BLOCK_D=_block_d(D), BLOCK_T=BLOCK_T,
         )
 
