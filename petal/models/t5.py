@@ -141,6 +141,7 @@ def patch_t5(model: nn.Module, cfg: VLPetConfig) -> list[str]:
                                 ParallelAdapterLinear(module.EncDecAttention.v, cfg.decoder_adapter_dim)))
 
     for name, wrapper in targets:
+        wrapper.train(wrapper.base_layer.training)  # a model patched in eval mode stays in eval mode
         parent_name, _, child = name.rpartition(".")
         setattr(t5.get_submodule(parent_name), child, wrapper)
     return [prefix + name for name, _ in targets]
