@@ -358,3 +358,23 @@ def test_errors():
     with pytest.raises(ValueError, match="d_model=30 into num_heads=4"):
         patch_t5(T5ForConditionalGeneration(T5Config(d_model=30, d_ff=16, num_layers=1, num_heads=2, d_kv=4,
                                                      vocab_size=20)), VLPetConfig(variant="up"))
+
+
+@pytest.mark.parametrize("preset", ["vl-pet-large", "vl-pet-small"])
+def test_petal_patch_trains_exactly_the_vl_pet_modules(preset):
+    import petal
+
+    if not hasattr(petal, "patch") or not hasattr(petal, "PetalConfig"):
+        pytest.skip("petal.patch / petal.PetalConfig not available in this checkout")
+    model = tiny_t5().eval()
+    b = batch()
+    with torch.no_grad():
+        before = model(**b).logits
+    petal.patch(model, petal.PetalConfig.from_preset(preset))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == adapter_parameters(model)
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert count == expected_count(VL_PET_PRESETS[preset])
+    petal.unpatch(model)
+    with torch.no_grad():
+        assert torch.equal(model(**b).logits, before)

@@ -7,7 +7,11 @@
   adapter ``V = W_v E + up(φ(down(E)))``.
 
 The wrappers keep the call signature and return structure of the module they replace, so caching,
-``generate()`` and gradient checkpointing (``T5Block`` is the checkpointed unit) work unchanged.
+``generate()`` and gradient checkpointing (``T5Block`` is the checkpointed unit) work unchanged; hooks on
+the replaced sublayer (``output_attentions`` recording) still fire.
+
+The official T5 scripts also train the encoder's T5LayerNorm weights (``--unfreeze_encoder_layer_norms``,
+25 × d_model parameters on T5-base); ``patch_t5`` adds adapter modules only and does not.
 """
 
 from __future__ import annotations
