@@ -1,0 +1,103 @@
+"""Adaptive Instruction MoEs (DESIGN §1.2): experts on the Q-Former input embeddings, and the
+multi-instruction merge of Q-Former outputs.
+
+``AIMEmbeddings`` wraps the module that produces the Q-Former's input embeddings (InstructBLIP:
+``qformer.embeddings``, which sees ``query_embeds`` and the instruction ids; BLIP-2: ``qformer.layernorm``,
+query tokens only) and returns ``res·e + mix·Σ_k g_k E_k(e)``. The softmax gate routes on the mean
+instruction embedding (rows after the query tokens), or on the mean of all rows when there are none.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .dma import DelegatingWrapper
+
+
+class AIMEmbeddings(DelegatingWrapper):
+    def __init__(self, base_layer: nn.Module, hidden_size: int, num_experts: int, rank: int, gate: str,
+                 residual_weight: float, expert_weight: float, identity_init: bool):
+        super().__init__(base_layer)
+        K, d = num_experts, hidden_size
+        self.gate, self.res, self.mix, self.identity = gate, residual_weight, expert_weight, identity_init
+        self.down = nn.Parameter(torch.empty(K, rank, d))
+        self.down_bias = nn.Parameter(torch.empty(K, rank))
+        self.up = nn.Parameter(torch.empty(K, d, rank))
+        self.up_bias = nn.Parameter(torch.empty(K, d))
+        for k in range(K):  # nn.Linear's default init, per expert
+            for w, b, fan_in in ((self.down, self.down_bias, d), (self.up, self.up_bias, rank)):
+                nn.init.kaiming_uniform_(w[k], a=math.sqrt(5))
+                nn.init.uniform_(b[k], -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        if identity_init:
+            nn.init.zeros_(self.up)
+            nn.init.zeros_(self.up_bias)
+        self.router = nn.Linear(d, K) if gate == "softmax" else None
+        if self.router is not None:
+            nn.init.zeros_(self.router.weight)
+            nn.init.zeros_(self.router.bias)
+
+    def gates(self, e: Tensor, query_length: int) -> Tensor:
+        """(B, K) expert weights."""
+        K = self.down.shape[0]
+        if self.router is None:
+            return e.new_full((e.shape[0], K), 1.0 / K)
+        instr = e[:, query_length:] if e.shape[1] > query_length else e
+        return torch.softmax(self.router(instr.mean(dim=1)), dim=-1)
+
+    def forward(self, *args, **kwargs):
+        e = self.base_layer(*args, **kwargs)
+        query_embeds = kwargs.get("query_embeds")
+        query_length = query_embeds.shape[1] if query_embeds is not None else e.shape[1]
+        g = self.gates(e, query_length).to(e.dtype)                              # (B, K)
+        h = torch.einsum("bld,krd->bklr", e, self.down.to(e.dtype)) + self.down_bias.to(e.dtype)[:, None]
+        y = torch.einsum("bklr,kdr->bkld", h, self.up.to(e.dtype)) + self.up_bias.to(e.dtype)[:, None]
+        mixed = torch.einsum("bk,bkld->bld", g, y)
+        if self.identity:
+            mixed = mixed + e
+        return self.res * e + self.mix * mixed
+
+
+class InstructionMerge(nn.Module):
+    """Weights for merging the Q-Former outputs of ``n`` instructions per image."""
+
+    def __init__(self, max_instructions: int, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.logits = nn.Parameter(torch.zeros(max_instructions)) if mode == "softmax" else None
+        self.max_instructions = max_instructions
+
+    def weights(self, n: int, like: Tensor) -> Tensor:
+        if n > self.max_instructions:
+            raise ValueError(f"got {n} instructions per image but AIMConfig.max_instructions is "
+                             f"{self.max_instructions}")
+        if self.logits is None:
+            return like.new_full((n,), 1.0 / n)
+        return torch.softmax(self.logits[:n], dim=0).to(like.dtype)
+
+    def merge(self, stacked: Tensor) -> Tensor:
+        """``stacked`` (B, n, L, d) -> (B, L, d)."""
+        w = self.weights(stacked.shape[1], stacked)
+        return torch.einsum("n,bnld->bld", w, stacked)
+
+
+def expand_instructions(input_ids: Tensor, attention_mask, query_embeds, encoder_hidden_states,
+                        encoder_attention_mask):
+    """(B, n, L) instruction ids -> (B·n, L), repeating the per-image tensors ``n`` times."""
+    B, n, L = input_ids.shape
+    rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)  # noqa: E731
+    mask = attention_mask
+    if mask is not None:
+        if mask.dim() == 3:  # (B, n, L) instruction mask
+            mask = mask.reshape(B * n, L)
+        elif mask.dim() == 2 and mask.shape[1] != L:  # (B, Lq + n·L): query mask then n instructions
+            Lq = mask.shape[1] - n * L
+            mask = torch.cat([mask[:, :Lq].repeat_interleave(n, dim=0),
+                              mask[:, Lq:].reshape(B * n, L)], dim=1)
+        else:
+            mask = rep(mask)
+    return (input_ids.reshape(B * n, L), mask, rep(query_embeds), rep(encoder_hidden_states),
+            rep(encoder_attention_mask), n)
+

@@ -1,0 +1,56 @@
+"""Named configurations: the paper's PETAL, the official code, the ablations V1–V4, VL-PET, baselines."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+from .config import AIMConfig, DMAConfig, PetalConfig, SIBConfig
+from .vl_pet_config import VL_PET_PRESETS
+
+
+def _petal() -> PetalConfig:
+    return PetalConfig()
+
+
+def _official() -> PetalConfig:
+    return PetalConfig(
+        dma=DMAConfig(core="tucker", per_modality_lambda=False, dynamic_lambda=False, gamma=False,
+                      dropout=0.1, query_transform=True, query_transform_init_std=2e-4),
+        aim=AIMConfig(gate="uniform", identity_init=False, instruction_merge="uniform"),
+        sib=SIBConfig(weight=0.0, learnable_weight=True),
+    )
+
+
+def _without(**disabled: bool) -> Callable[[], PetalConfig]:
+    def build() -> PetalConfig:
+        cfg = PetalConfig()
+        for section in disabled:
+            getattr(cfg, section).enabled = False
+        cfg.validate()
+        return cfg
+    return build
+
+
+_BUILDERS: dict[str, Callable[[], PetalConfig]] = {
+    "petal": _petal,
+    "petal-official": _official,
+    "petal-no-aim": _without(aim=True),             # V1: DMA + SIB
+    "petal-no-sib": _without(sib=True),             # V2: DMA + AIM
+    "petal-dma-only": _without(aim=True, sib=True),  # V3
+    "petal-no-dma": _without(dma=True),             # V4: AIM + SIB
+    "lora": lambda: PetalConfig(method="lora"),
+    "head": lambda: PetalConfig(method="head"),
+    "full": lambda: PetalConfig(method="full"),
+}
+for _name, _vl in VL_PET_PRESETS.items():
+    _BUILDERS[_name] = (lambda v: lambda: PetalConfig(method="vl-pet", vl_pet=copy.deepcopy(v)))(_vl)
+
+PRESETS: dict[str, PetalConfig] = {name: build() for name, build in _BUILDERS.items()}
+
+
+def preset(name: str) -> PetalConfig:
+    """A fresh copy of the named preset (editing it never changes ``PRESETS``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets are {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
