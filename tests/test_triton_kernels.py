@@ -275,6 +275,49 @@ def test_gated_residual_backward_is_deterministic():
             assert torch.equal(a[k], b[k]), k
 
 
+# --------------------------------------------------------------------------- fused up-projection
+
+
+def up_inputs(B, T, d, Da, granularity, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    inp = gr_inputs(B, T, d, granularity, dtype, mask=True, seed=seed)
+    shaped = {k: inp[k].reshape(B, T, d) for k in ("x", "h", "gate_logits", "dropout_mask")
+              if inp[k] is not None}
+    gates = {k: inp[k] for k in ("gate_weight", "gate_bias", "gate_vector") if inp[k] is not None}
+    return dict(shaped, **gates, a=rand(gen, B, T, Da, dtype=dtype), up_weight=rand(gen, d, Da, dtype=dtype,
+                scale=Da ** -0.5), up_bias=rand(gen, d, dtype=dtype), granularity=granularity,
+                adapter_scale=0.7, gate_scale=1.3)
+
+
+def unfused(inp, dtype):
+    """The unfused math in ``dtype``: u by a matmul (stored in dtype), then the reference gate."""
+    c = {k: (v.to(dtype) if isinstance(v, torch.Tensor) else v) for k, v in inp.items()}
+    u = torch.nn.functional.linear(c.pop("a"), c.pop("up_weight"), c.pop("up_bias"))
+    return ref.gated_residual(c.pop("x"), c.pop("h"), u, **c)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gated_residual_up_matches_unfused(granularity, dtype):
+    """18 rows (one full and one partial 16-row tile), d = 45 (two 32-wide column tiles but one
+    64-wide middleX row tile), adapter width 40 (two K steps)."""
+    inp = up_inputs(2, 9, 45, 40, granularity, dtype)
+    out = triton_backend.gated_residual_up(**inp)
+    truth = unfused(inp, torch.float64)
+    assert out.dtype == dtype and out.shape == inp["x"].shape
+    bound = 5e-4 if dtype == torch.float32 else max(2 * rel_err(unfused(inp, dtype), truth),
+                                                    torch.finfo(dtype).eps)
+    check("out", out, truth, bound)
+
+
+def test_gated_residual_up_rejects_bad_input():
+    inp = up_inputs(1, 3, 8, 4, "large", torch.float32)
+    with pytest.raises(ValueError, match="up_weight"):
+        triton_backend.gated_residual_up(**dict(inp, up_weight=inp["up_weight"][:, :3]))
+    with pytest.raises(RuntimeError, match="forward only"):
+        triton_backend.gated_residual_up(**dict(inp, a=inp["a"].clone().requires_grad_(True)))
+
+
 # --------------------------------------------------------------------------- numerics and configs
 
 
@@ -297,7 +340,8 @@ def test_bf16_downcast_rounds_to_nearest_even():
 def test_autotune_lists():
     from petal_kernels.triton import autotune as at
 
-    lists = (at.GEMM_CONFIGS, at.SKINNY_CONFIGS, at.DZ_CONFIGS, at.ROW_REDUCTION_CONFIGS, at.ROW_CONFIGS)
+    lists = (at.GEMM_CONFIGS, at.SKINNY_CONFIGS, at.DZ_CONFIGS, at.ROW_REDUCTION_CONFIGS, at.ROW_CONFIGS,
+             at.FUSED_UP_CONFIGS)
     if at.INTERPRET:
         assert all(len(c) == 1 for c in lists), "one config per kernel under the interpreter"
     for configs in lists:

@@ -1,25 +1,34 @@
 """The ``triton`` backend: Triton kernels for the canonical ops of ``petal_kernels.reference``.
 
 Runs on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1`` was set before this package
-was imported (``triton.jit`` reads it when it decorates the kernels). float16, bfloat16 and float32 run
-the kernels with fp32 accumulation; float64 (the test dtype, not a GPU training dtype) runs the
-reference math. Kernels: ``dma_linear.py`` and ``gated_residual.py``; launch configurations:
-``autotune.py``.
+was imported (``triton.jit`` reads it when it decorates the kernels). float16, bfloat16 and float32
+run the kernels with fp32 accumulation; float64 (the test dtype, not a GPU training dtype) and tensors
+of 2**31 or more elements (beyond the kernels' int32 offsets) run the reference math.
+
+Kernels: ``dma_linear.py``, ``gated_residual.py``; launch configurations: ``autotune.py``; compile
+check for sm_80/sm_90 without a GPU: ``python -m petal_kernels.triton.compile_check``. Besides the
+canonical functions: ``gated_residual_up``, the VL-PET up-projection fused with the gated residual
+(forward only), so ``u`` never reaches memory.
+
+The first call for each shape bucket autotunes (benchmarks the configs, which synchronises);
+later calls launch without host synchronisation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 import triton  # noqa: F401 - an ImportError here tells _backend this backend is unavailable
 
 from .. import reference
 from . import autotune, dma_linear, gated_residual
+from .fused_up import gated_residual_up
 
 __all__ = [
     "dma_linear_backward", "dma_linear_forward", "gated_residual_backward", "gated_residual_forward",
-    "is_available", "unavailable_reason",
+    "gated_residual_up", "is_available", "unavailable_reason",
 ]
 
 
@@ -31,13 +40,31 @@ def unavailable_reason() -> str:
     return ""
 
 
-def _use_reference(x: torch.Tensor) -> bool:
+INT32_ELEMS = 2 ** 31  # the kernels index with int32 offsets
+_warned_large = False
+
+
+def _use_reference(x: torch.Tensor, *others) -> bool:
+    """float64, or a tensor too large for int32 offsets: run the reference math instead."""
+    global _warned_large
     if x.device.type != "cuda" and not autotune.INTERPRET:
         raise RuntimeError(
             f"the triton backend got tensors on {x.device}; CPU tensors need TRITON_INTERPRET=1 in the "
             "environment before petal_kernels.triton is imported"
         )
-    return x.dtype == torch.float64
+    if x.dtype == torch.float64:
+        return True
+    flat = [x]
+    for o in others:
+        flat.extend(o if isinstance(o, (list, tuple)) else [o])
+    if any(isinstance(t, torch.Tensor) and t.numel() >= INT32_ELEMS for t in flat):
+        if not _warned_large:
+            _warned_large = True
+            warnings.warn("petal_kernels triton backend: a tensor has 2**31 or more elements, beyond "
+                          "the kernels' int32 offsets; running the reference math for it", RuntimeWarning,
+                          stacklevel=3)
+        return True
+    return False
 
 
 @contextlib.contextmanager
@@ -51,14 +78,14 @@ def _on_device(x: torch.Tensor):
 
 
 def dma_linear_forward(x, weights, biases, down, ups, scales, gammas):
-    if _use_reference(x):
+    if _use_reference(x, weights, ups, scales):
         return reference.dma_linear_forward(x, weights, biases, down, ups, scales, gammas)
     with _on_device(x):
         return dma_linear.forward(x, weights, biases, down, ups, scales, gammas)
 
 
 def dma_linear_backward(dys, x, weights, down, ups, scales, gammas, t, bases, needs):
-    if _use_reference(x):
+    if _use_reference(x, dys, weights, bases):
         return reference.dma_linear_backward(dys, x, weights, down, ups, scales, gammas, t, bases, needs)
     with _on_device(x):
         return dma_linear.backward(dys, x, weights, down, ups, scales, gammas, t, bases, needs)

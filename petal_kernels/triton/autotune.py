@@ -71,12 +71,25 @@ ROW_CONFIGS = [
     _cfg(16, 1, BLOCK_M=16),
 ]
 
+# Up-projection GEMM fused with the gated residual: (BM, BN) tiles of u over a short reduction (the
+# adapter width, ~100-200). BN is set by the wrapper (the whole row for middleX, FUSED_UP_BN otherwise).
+FUSED_UP_CONFIGS = [
+    _cfg(4, 3, BM=64, BK=64),
+    _cfg(8, 3, BM=128, BK=64),
+    _cfg(4, 4, BM=32, BK=64),
+    _cfg(8, 2, BM=16, BK=64),
+    _cfg(4, 3, BM=64, BK=32),
+]
+FUSED_UP_BN = 128
+
 if INTERPRET:
     GEMM_CONFIGS = [_cfg(4, 1, BM=32, BN=32, BK=32, GROUP_M=2)]
     SKINNY_CONFIGS = [_cfg(4, 1, BM=32, BK=32)]
     DZ_CONFIGS = [_cfg(4, 1, BK=32)]
     ROW_REDUCTION_CONFIGS = [_cfg(4, 1, BP=32, BQ=32, BM=16)]
     ROW_CONFIGS = [_cfg(4, 1, BLOCK_M=4)]
+    FUSED_UP_CONFIGS = [_cfg(4, 1, BM=16, BK=32)]
+    FUSED_UP_BN = 32
 
 ROW_TILE_MAX_ELEMS = 16384  # BLOCK_M * BLOCK_D above this would spill registers
 
@@ -86,6 +99,13 @@ def prune_row_configs(configs, named_args, **kwargs):
     block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
     kept = [c for c in configs if c.kwargs["BLOCK_M"] * block_d <= ROW_TILE_MAX_ELEMS]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"])]
+
+
+def prune_fused_up_configs(configs, named_args, **kwargs):
+    """Fused up-projection tiles: BM x BN within the register budget; always keep the smallest BM."""
+    bn = kwargs.get("BN", named_args.get("BN"))
+    kept = [c for c in configs if c.kwargs["BM"] * bn <= ROW_TILE_MAX_ELEMS]
+    return kept or [min(configs, key=lambda c: c.kwargs["BM"])]
 
 
 def rank_block(R: int) -> int:

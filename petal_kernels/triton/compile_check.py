@@ -21,12 +21,13 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from . import dma_linear as dl  # noqa: E402
+from . import fused_up as gru  # noqa: E402
 from . import gated_residual as gr  # noqa: E402
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
 DTYPES = ("fp16", "bf16", "fp32")
 INTS = {"M", "K", "R", "N0", "N1", "N2", "ss0", "ss1", "ss2", "M_BUCKET", "N_TOTAL", "T", "D", "P", "Q",
-        "ss", "rows_per_split"}
+        "ss", "rows_per_split", "KA"}
 FLOATS = {"adapter_scale", "gate_scale"}
 
 
@@ -71,6 +72,11 @@ def _variants(quick: bool):
            dict(GRAN=gr.MIDDLE_Y, PHASE=gr.ONE_PASS), dict(GRAN=gr.SMALL, PHASE=gr.ROWDOT),
            dict(GRAN=gr.SMALL, PHASE=gr.MAIN)]
     yield "gr_bwd", gr._gr_bwd_kernel, {"q_ptr", "pw_ptr", "pb_ptr", "pv_ptr"}, [dict(v, **row) for v in bwd]
+    up = dict(HAS_UP_BIAS=True, HAS_MASK=True, EMU_BF16=False)
+    yield "gr_up", gru._gr_up_kernel, set(), [  # a variant's BM overrides the config's
+        dict(up, GRAN=gr.LARGE, BN=128), dict(up, GRAN=gr.MIDDLE_Y, BN=128),
+        dict(up, GRAN=gr.MIDDLE_X, BN=1024, BM=16),
+    ]
 
 
 def main(argv=None) -> int:
@@ -89,7 +95,7 @@ def main(argv=None) -> int:
         jobs = [(v, configs[0], d) for v in variants for d in dtypes]
         jobs += [(variants[0], c, dtypes[0]) for c in configs[1:]]
         for (variant, config, dtype), (tname, target) in itertools.product(jobs, targets.items()):
-            constexprs = {**variant, **config.kwargs}
+            constexprs = {**config.kwargs, **variant}
             sig = _signature(tuned.fn, dtype, fp32_ptrs, constexprs)
             src = triton.compiler.ASTSource(fn=tuned.fn, signature=sig, constexprs=constexprs)
             options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
