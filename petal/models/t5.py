@@ -37,6 +37,7 @@ def _run_forward_hooks(module: nn.Module, args: tuple, kwargs: dict, output):
 
     The wrappers compute what the wrapped sublayer computes from its children; hooks that observe the
     sublayer (``transformers``' output recorders for ``output_attentions``) stay on it and still fire.
+    Forward pre-hooks on the wrapped sublayer do not run (register them on the wrapper instead).
     """
     for hook_id, hook in module._forward_hooks.items():
         if module._forward_hooks_with_kwargs.get(hook_id, False):
