@@ -80,7 +80,7 @@ def _rank_proj_kernel(
     tl.store(t_ptrs, cast(acc, t_ptr.dtype.element_ty, EMU_BF16), mask=m_mask[:, None] & r_mask[None, :])
 
 
-@triton.autotune(configs=at.GEMM_CONFIGS, key=["M_BUCKET", "N_TOTAL", "K", "R"])
+@triton.autotune(configs=at.GEMM_CONFIGS, key=["M_BUCKET", "N_TOTAL", "K", "R", "HAS_BIAS", "HAS_GAMMA"])
 @triton.jit(do_not_specialize=["N0", "N1", "N2", "ss0", "ss1", "ss2"])
 def _dma_fwd_kernel(
     x_ptr, t_ptr,
@@ -181,7 +181,7 @@ def _dma_fwd_kernel(
 # --------------------------------------------------------------------------- backward
 
 
-@triton.autotune(configs=at.DZ_CONFIGS, key=["M_BUCKET", "N_TOTAL", "R"])
+@triton.autotune(configs=at.DZ_CONFIGS, key=["M_BUCKET", "N_TOTAL", "R", "J", "NEED_DT", "NEED_SCALE"])
 @triton.jit
 def _dma_dz_kernel(
     dy0, dy1, dy2, u0, u1, u2, s0, s1, s2, ds0, ds1, ds2, t_ptr, dt_ptr,
@@ -232,7 +232,7 @@ def _dma_dz_kernel(
         tl.store(dt_ptr + rm[:, None] * stride_dtm + rr[None, :], dt_acc, mask=mr_mask)
 
 
-@triton.autotune(configs=at.GEMM_CONFIGS, key=["M_BUCKET", "N_TOTAL", "K", "R"])
+@triton.autotune(configs=at.GEMM_CONFIGS, key=["M_BUCKET", "N_TOTAL", "K", "R", "J", "HAS_GAMMA"])
 @triton.jit
 def _dma_dx_kernel(
     dy0, dy1, dy2, w0, w1, w2, g0, g1, g2, dt_ptr, down_ptr, dx_ptr,
@@ -283,7 +283,7 @@ def _dma_dx_kernel(
              mask=m_mask[:, None] & c_mask[None, :])
 
 
-@triton.autotune(configs=at.ROW_REDUCTION_CONFIGS, key=["M_BUCKET", "P", "Q"])
+@triton.autotune(configs=at.ROW_REDUCTION_CONFIGS, key=["M_BUCKET", "P", "Q", "NEED_C", "HAS_GAMMA"])
 @triton.jit
 def _row_reduce_kernel(
     a_ptr, b_ptr, s_ptr, base_ptr, c_ptr, gp_ptr, M, P, Q, ss, rows_per_split,
