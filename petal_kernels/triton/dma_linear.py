@@ -91,7 +91,7 @@ def _dma_fwd_kernel(
 ):
     """y_j = gamma_j*(x @ W_jᵀ) + b_j + (t*s_j) @ up_jᵀ over the concatenated N of slots 0..2.
 
-    ``ss_j`` is the row stride of ``s_j``: R for a per-row scale, 0 for one (R,) vector.
+    ``ss_j`` is the row stride of ``s_j``: its stride(0) for a per-row (M, R) scale, 0 for one (R,) vector.
     Unused slots have N_j = 0.
     """
     dtype = x_ptr.dtype.element_ty
@@ -380,8 +380,10 @@ def forward(x, weights, biases, down, ups, scales, gammas):
     has_bias = any(b is not None for b in biases)
     has_gamma = any(g is not None for g in gammas)
     # a launch has one HAS_BIAS / HAS_GAMMA: the rare mixed call gets zeros / ones for the missing ones
-    biases_k = [x.new_zeros(w.shape[0]) if b is None else b for b, w in zip(biases, weights)]
-    gammas_k = [x.new_ones(w.shape[0]) if g is None else g for g, w in zip(gammas, weights)]
+    biases_k = [x.new_zeros(w.shape[0]) if b is None else b for b, w in zip(biases, weights)] \
+        if has_bias else [x] * J
+    gammas_k = [x.new_ones(w.shape[0]) if g is None else g for g, w in zip(gammas, weights)] \
+        if has_gamma else [x] * J
     ys = [x.new_empty(M, w.shape[0]) for w in weights]
     bases = [x.new_empty(M, w.shape[0]) if has_gamma else x for w in weights]
     BR = at.rank_block(R)
@@ -390,14 +392,14 @@ def forward(x, weights, biases, down, ups, scales, gammas):
             return _slots([items[j] for j in idx], items[idx[0]])
 
         Ns = _slots([weights[j].shape[0] for j in idx], 0)
-        ss = _slots([R if scales[j].dim() == 2 else 0 for j in idx], 0)
+        ss = _slots([scales[j].stride(0) if scales[j].dim() == 2 else 0 for j in idx], 0)
 
         def grid(meta, Ns=Ns):
             return (triton.cdiv(M, meta["BM"]) * sum(triton.cdiv(n, meta["BN"]) for n in Ns),)
 
         _dma_fwd_kernel[grid](
-            x, t, *pick(weights), *pick(biases_k if has_bias else [x] * J), *pick(ups), *pick(scales),
-            *pick(gammas_k if has_gamma else [x] * J), *pick(ys), *pick(bases),
+            x, t, *pick(weights), *pick(biases_k), *pick(ups), *pick(scales), *pick(gammas_k), *pick(ys),
+            *pick(bases),
             M, K, R, *Ns, *ss, x.stride(0), t.stride(0), at.bucket(M), sum(Ns),
             HAS_BIAS=has_bias, HAS_GAMMA=has_gamma, EMU_BF16=emulate_bf16(x.dtype), BR=BR,
         )
@@ -419,7 +421,7 @@ def _dz(dys, ups, scales, t, idx, need_dt, need_scale):
         return _slots([items[j] for j in idx], items[idx[0]])
 
     Ns = _slots([dys[j].shape[1] for j in idx], 0)
-    ss = _slots([R if rows else 0 for rows in rows_scale], 0)
+    ss = _slots([scales[j].stride(0) if scales[j].dim() == 2 else 0 for j in idx], 0)
     _dma_dz_kernel[(triton.cdiv(M, BM), triton.cdiv(R, BR))](
         *pick(dys), *pick(ups), *pick(scales), *_slots(ds, ds[0]), t, dt,
         M, R, *Ns, *ss, t.stride(0), dt.stride(0), at.bucket(M), sum(Ns),
