@@ -3,7 +3,9 @@
 __syncthreads and an exchange buffer for warp shuffles), checked against the float64 reference.
 
 This runs the kernels' real source (indexing, vector/scalar paths, block reductions, per-example
-passes, partial sums and their second pass, workspace layout) without a GPU. What it cannot check:
+passes, partial sums and their second pass, workspace layout) without a GPU, and
+csrc/cuda/bindings_cuda.cpp itself (its cuBLAS calls become ATen CPU GEMMs) as a test library
+``torch.ops.petal_C_emu`` (tests/cuda_emu/bindings_emu.cpp). What it cannot check:
 timing, occupancy, memory coalescing, and races the emulated interleaving does not provoke; those
 need tests/test_cuda_backend.py on a GPU.
 """
@@ -37,7 +39,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def lib(tmp_path_factory):
+def build(tmp_path_factory):
+    """The emulated kernels and the C entry points, compiled once: (directory, object files)."""
     out = tmp_path_factory.mktemp("cuda_emu")
     flags = ["g++", "-std=c++20", "-O1", "-fPIC", "-c", "-w", "-include", str(EMU / "emu.h"),
              f"-I{cuda_include()}", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc' / 'cuda'}"]
@@ -54,12 +57,43 @@ def lib(tmp_path_factory):
     for job in jobs:
         _, err = job.communicate()
         assert job.returncode == 0, err[-6000:]
+    return out, objects
+
+
+@pytest.fixture(scope="module")
+def lib(build):
+    out, objects = build
     so = out / "libpetal_cuda_emu.so"
     subprocess.run(["g++", "-shared", "-o", str(so), *map(str, objects), "-lpthread"], check=True)
     library = ctypes.CDLL(str(so))
     library.emu_gated_max_d.restype = ctypes.c_longlong
     library.emu_set_sms(EMULATED_SMS)
     return library
+
+
+@pytest.fixture(scope="module")
+def emu_ops(build, lib):
+    """csrc/cuda/bindings_cuda.cpp on the emulated kernels, as ``torch.ops.petal_C_emu`` (CPU tensors)."""
+    from torch.utils.cpp_extension import include_paths, library_paths
+
+    out, objects = build
+    cpu_bindings = (ROOT / "csrc" / "cpu" / "bindings.cpp").read_text()
+    schemas = re.search(r"TORCH_LIBRARY\(petal_C, m\) \{.*?\n\}", cpu_bindings, re.S)
+    assert schemas, "csrc/cpu/bindings.cpp has no TORCH_LIBRARY(petal_C, m) block"
+    (out / "schemas.inc").write_text(schemas.group(0).replace("petal_C,", "petal_C_emu,", 1))
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"
+    obj = out / "bindings_emu.o"
+    cmd = ["g++", "-std=c++20", "-O1", "-fPIC", "-c", "-w", abi, f"-I{out}", f"-I{EMU / 'stubs'}",
+           *[f"-I{p}" for p in include_paths()], f"-I{cuda_include()}", f"-I{ROOT / 'csrc' / 'include'}",
+           f"-I{ROOT / 'csrc' / 'cuda'}", str(EMU / "bindings_emu.cpp"), "-o", str(obj)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    so = out / "libpetal_C_emu.so"
+    libdirs = [f for p in library_paths() for f in (f"-L{p}", f"-Wl,-rpath,{p}")]
+    subprocess.run(["g++", "-shared", "-o", str(so), str(obj), *map(str, objects), *libdirs, "-lc10",
+                    "-ltorch_cpu", "-ltorch", "-lpthread"], check=True)
+    torch.ops.load_library(str(so))
+    return torch.ops.petal_C_emu
 
 
 def ptr(t):
@@ -249,3 +283,117 @@ def test_column_dot_kernel(lib, dtype, rows, cols):
     out = torch.empty(cols, dtype=dtype)
     assert lib.emu_column_dot(DTYPE_CODE[dtype], I64(rows), I64(cols), ptr(a), ptr(b), ptr(out)) == 0
     _check(out, (a.double() * b.double()).sum(0), (a * b).sum(0), dtype)
+
+
+# --------------------------------------------------------------------------- bindings_cuda.cpp
+
+# (M, K, R, [(N_j, scale kind, gamma, bias)]): one projection on the vector paths; three (q, k, v)
+# with odd sizes, mixed gamma/bias and a per-row scale.
+DMA_CALLS = {
+    "single-vector": (40, 64, 64, [(48, "vector", False, True)]),
+    "single-gamma": (33, 24, 8, [(16, "row", True, False)]),
+    "qkv-odd": (21, 19, 7, [(23, "vector", True, True), (9, "row", False, False),
+                            (23, "vector", False, True)]),
+}
+
+
+def _dma_call(M, K, R, projections, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)
+
+    x, down = rand(M, K), rand(R, K) / K ** 0.5
+    weights, biases, ups, scales, gammas = [], [], [], [], []
+    for N, kind, gamma, bias in projections:
+        weights.append(rand(N, K) / K ** 0.5)
+        biases.append(rand(N) if bias else None)
+        ups.append(rand(N, R) / R ** 0.5)
+        scales.append(rand(M, R) if kind == "row" else rand(R))
+        gammas.append(rand(N) if gamma else None)
+    return x, weights, biases, down, ups, scales, gammas
+
+
+@pytest.mark.parametrize("dtype", DMA_DTYPES, ids=str)
+@pytest.mark.parametrize("call", list(DMA_CALLS))
+def test_dma_linear_bindings_match_reference(emu_ops, dtype, call):
+    M, K, R, projections = DMA_CALLS[call]
+    x, weights, biases, down, ups, scales, gammas = _dma_call(M, K, R, projections, dtype)
+    ys, t, bases = emu_ops.dma_linear_forward(x, weights, biases, down, ups, scales, gammas)
+    dys = [torch.randn(M, w.shape[0], dtype=torch.float64).to(dtype) for w in weights]
+    needs = [True] * 5
+    grads = emu_ops.dma_linear_backward(dys, x, weights, down, ups, scales, gammas, t, bases, needs)
+
+    def reference(dt):
+        def c(v):
+            if isinstance(v, list):
+                return [c(e) for e in v]
+            return None if v is None else v.to(dt)
+        r_ys, r_t, r_bases = ref.dma_linear_forward(c(x), c(weights), c(biases), c(down), c(ups), c(scales),
+                                                    c(gammas))
+        r_bases = [b if g is not None else None for b, g in zip(r_bases, gammas)]
+        r_grads = ref.dma_linear_backward(c(dys), c(x), c(weights), c(down), c(ups), c(scales), c(gammas),
+                                          r_t, r_bases, needs)
+        return r_ys, r_t, r_grads
+
+    t_ys, t_t, t_grads = reference(torch.float64)
+    l_ys, l_t, l_grads = reference(dtype)
+    _check(t, t_t, l_t, dtype)
+    for y, ty, ly in zip(ys, t_ys, l_ys):
+        _check(y, ty, ly, dtype)
+    dx, d_down, d_ups, d_scales, d_gammas = grads
+    _check(dx, t_grads[0], l_grads[0], dtype)
+    _check(d_down, t_grads[1], l_grads[1], dtype)
+    for got, truth, lowp in zip([*d_ups, *d_scales], [*t_grads[2], *t_grads[3]], [*l_grads[2], *l_grads[3]]):
+        assert got.shape == truth.shape
+        _check(got, truth, lowp, dtype)
+    for got, truth, lowp, gamma in zip(d_gammas, t_grads[4], l_grads[4], gammas):
+        if gamma is None:
+            assert got.numel() == 0
+        else:
+            _check(got, truth, lowp, dtype)
+
+
+def test_dma_linear_bindings_skip_unneeded_grads(emu_ops):
+    M, K, R, projections = DMA_CALLS["qkv-odd"]
+    x, weights, biases, down, ups, scales, gammas = _dma_call(M, K, R, projections, torch.float32)
+    ys, t, bases = emu_ops.dma_linear_forward(x, weights, biases, down, ups, scales, gammas)
+    dys = [torch.randn_like(y) for y in ys]
+    only_up = [False, False, True, False, False]
+    dx, d_down, d_ups, d_scales, d_gammas = emu_ops.dma_linear_backward(dys, x, weights, down, ups, scales,
+                                                                         gammas, t, bases, only_up)
+    assert dx.numel() == 0 and d_down.numel() == 0
+    assert all(d.numel() == 0 for d in [*d_scales, *d_gammas])
+    for d_up, dy, s in zip(d_ups, dys, scales):
+        torch.testing.assert_close(d_up, dy.T @ (t * s), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", list(GRAN_CODE))
+def test_gated_residual_bindings_match_reference(emu_ops, granularity):
+    B, T, d = 2, 6, 40
+    dtype = torch.float32
+    x, h, u, gates, keep, dout = _gated_inputs(granularity, B, T, d, False, dtype, mask=True, seed=11)
+    batch = B if granularity == "small" else 0
+    args = (granularity, 0.5, 2.0, *gates.values(), keep, batch)
+    out, stat = emu_ops.gated_residual_forward(x, h, u, *args)
+    grads = emu_ops.gated_residual_backward(dout, x, h, u, *args, stat)
+
+    def c(v):
+        return None if v is None else v.double()
+
+    r_args = (granularity, 0.5, 2.0, *(c(v) for v in gates.values()), c(keep), batch)
+    r_out, r_stat = ref.gated_residual_forward(c(x), c(h), c(u), *r_args)
+    r_grads = ref.gated_residual_backward(c(dout), c(x), c(h), c(u), *r_args, r_stat)
+    _check(out, r_out, None, dtype)
+    assert stat.numel() == (B * T if granularity in ("middleX", "small") else 0)
+    for got, truth in zip(grads, r_grads):
+        if truth is None:
+            assert got.numel() == 0
+        else:
+            _check(got, truth, None, dtype)
+
+
+def test_gated_residual_bindings_reject_bad_granularity(emu_ops):
+    x = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        emu_ops.gated_residual_forward(x, x, x, "medium", 1.0, 1.0, None, None, None, None, None, 0)

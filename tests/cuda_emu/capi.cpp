@@ -21,6 +21,8 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
   return cudaSuccess;
 }
 
+const char* cudaGetErrorString(cudaError_t err) { return err == cudaSuccess ? "no error" : "emulated error"; }
+
 void emu_set_sms(int sms) { emu_sms = sms; }
 
 static pc::GatedResidualArgs gated_args(int dtype, int granularity, int64_t rows, int64_t d, int64_t batch,
