@@ -1,0 +1,162 @@
+"""End to end: one training step (forward, backward, AdamW) of a patched model.
+
+* The real InstructBLIP Q-Former (``InstructBlipQFormerConfig()`` defaults: hidden 768, 12 layers,
+  cross-attention every 2nd layer over 1408-wide image features), random init, B=4, 32 queries +
+  24 instruction tokens, 257 image tokens; presets ``full``, ``lora`` (peft, R=64 on q/k/v),
+  ``petal`` and ``petal-official``.
+* VL-PET-large on T5 blocks of FlanT5-XL width (d_model 2048, d_ff 5120, 32 heads, gated-gelu) with
+  few layers (1 encoder + 1 decoder block; 2 + 2 with the full grid) and a 1024-token vocabulary, so
+  full fine-tuning fits the time budget; presets ``full`` and ``vl-pet-large``.
+
+Each result records the step's ratio to full fine-tuning (and to LoRA), the trainable parameter
+count and the peak memory of the first step (activations, gradients and the AdamW state it creates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import pytest
+import torch
+
+from bench import memory
+
+BATCH = 4
+QUERIES, INSTRUCTION_TOKENS, IMAGE_TOKENS = 32, 24, 257
+T5_DECODER_TOKENS = 8
+T5_VOCAB = 1024
+
+QFORMER_PRESETS = ("full", "lora", "petal", "petal-official")
+T5_PRESETS = ("full", "vl-pet-large")
+
+
+def _petal_or_skip():
+    try:
+        import petal
+    except ImportError as e:  # petal.patch not written yet
+        pytest.skip(f"petal.patch is not available ({e}); the end-to-end step needs it")
+    if not all(hasattr(petal, n) for n in ("patch", "PetalConfig", "trainable_parameters")):
+        pytest.skip("petal lacks patch / PetalConfig / trainable_parameters; the end-to-end step needs them")
+    return petal
+
+
+@dataclasses.dataclass
+class StepSetup:
+    step: Callable[[], None]
+    trainable: int
+    total: int
+    backend: str
+
+
+def _training_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.02)
+
+    def step():
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def setup_qformer_step(preset: str) -> StepSetup:
+    """The InstructBLIP Q-Former with ``preset`` applied, and one training step over fixed inputs."""
+    petal = _petal_or_skip()
+    from transformers import InstructBlipQFormerConfig, InstructBlipQFormerModel
+
+    torch.manual_seed(0)
+    model = InstructBlipQFormerModel(InstructBlipQFormerConfig())
+    petal.patch(model, petal.PetalConfig.from_preset(preset))
+    model.train()
+    config = model.config
+    gen = torch.Generator().manual_seed(1)
+    queries = torch.randn(BATCH, QUERIES, config.hidden_size, generator=gen)
+    ids = torch.randint(1, config.vocab_size, (BATCH, INSTRUCTION_TOKENS), generator=gen)
+    mask = torch.ones(BATCH, QUERIES + INSTRUCTION_TOKENS, dtype=torch.long)
+    image = torch.randn(BATCH, IMAGE_TOKENS, config.encoder_hidden_size, generator=gen)
+    target = torch.randn(BATCH, QUERIES, config.hidden_size, generator=gen)
+
+    def loss():  # the query outputs are what the language model reads
+        out = model(input_ids=ids, attention_mask=mask, query_embeds=queries, encoder_hidden_states=image)
+        return (out.last_hidden_state[:, :QUERIES] * target).mean()
+
+    counted = petal.trainable_parameters(model)
+    return StepSetup(_training_step(model, loss), counted.trainable, counted.total,
+                     petal_kernels_backend())
+
+
+def setup_t5_step(preset: str, layers: int) -> StepSetup:
+    """A FlanT5-XL-wide T5 (``layers`` encoder and decoder blocks) with ``preset`` and one step."""
+    petal = _petal_or_skip()
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=T5_VOCAB, d_model=2048, d_kv=64, d_ff=5120, num_heads=32,
+                      num_layers=layers, num_decoder_layers=layers, feed_forward_proj="gated-gelu",
+                      tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0)
+    model = T5ForConditionalGeneration(config)
+    petal.patch(model, petal.PetalConfig.from_preset(preset))
+    model.train()
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, T5_VOCAB, (BATCH, QUERIES + INSTRUCTION_TOKENS), generator=gen)
+    labels = torch.randint(1, T5_VOCAB, (BATCH, T5_DECODER_TOKENS), generator=gen)
+
+    def loss():
+        return model(input_ids=ids, labels=labels).loss
+
+    counted = petal.trainable_parameters(model)
+    return StepSetup(_training_step(model, loss), counted.trainable, counted.total,
+                     petal_kernels_backend())
+
+
+def petal_kernels_backend() -> str:
+    import petal_kernels
+
+    return petal_kernels.backend_name(torch.device("cpu"))
+
+
+def _run(benchmark, scale, floor_times, model: str, preset: str, setup: StepSetup, baselines: tuple):
+    rounds = 5 if scale == "full" else 3
+    # the first step, profiled, is the warm-up: its peak covers activations, gradients and the AdamW
+    # state it allocates, i.e. the training memory beyond the model's weights
+    peak = memory.peak_bytes(setup.step, "cpu")
+    benchmark.group = f"{model} training step cpu float32 B={BATCH}"
+    benchmark.pedantic(setup.step, rounds=rounds, iterations=1, warmup_rounds=0)
+    info = {"op": f"{model}_step", "impl": preset, "device": "cpu", "dtype": "float32", "mode": "step",
+            "B": BATCH, "backend": setup.backend, "threads": torch.get_num_threads(),
+            "trainable_params": setup.trainable, "total_params": setup.total}
+    if benchmark.stats is not None:
+        median = benchmark.stats.stats.median
+        info["median_s"] = median
+        floor_times[(model, preset)] = median
+        for base in baselines:
+            if base != preset and (model, base) in floor_times:
+                info[f"ratio_to_{base}"] = median / floor_times[(model, base)]
+        if preset == "full":
+            info["ratio_to_full"] = 1.0
+    info["peak_bytes"] = peak
+    benchmark.extra_info.update(info)
+    return info
+
+
+@pytest.mark.parametrize("preset", QFORMER_PRESETS)
+def test_qformer_step(benchmark, scale, floor_times, preset):
+    setup = setup_qformer_step(preset)
+    info = _run(benchmark, scale, floor_times, "qformer", preset, setup, ("full", "lora"))
+    if preset == "full":
+        assert info["trainable_params"] == info["total_params"]
+    else:
+        assert 0 < info["trainable_params"] < info["total_params"] // 10
+
+
+@pytest.mark.parametrize("preset", T5_PRESETS)
+def test_t5_step(benchmark, scale, floor_times, preset):
+    layers = 2 if scale == "full" else 1
+    setup = setup_t5_step(preset, layers)
+    info = _run(benchmark, scale, floor_times, "t5", preset, setup, ("full",))
+    if preset == "full":
+        assert info["trainable_params"] == info["total_params"]
+    else:
+        assert 0 < info["trainable_params"] < info["total_params"] // 10

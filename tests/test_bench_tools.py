@@ -1,0 +1,157 @@
+"""The benchmark suite's own tools: saved-for-backward bytes, peak memory, and the report generator."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from bench import memory, report
+
+MIB = 1024 ** 2
+
+
+# --------------------------------------------------------------------------- saved bytes
+
+
+def test_saved_bytes_counts_new_tensors_and_leaves_out_inputs():
+    x, w = torch.randn(64, 32, requires_grad=True), torch.randn(48, 32)
+    # x @ w.T saves a view of w for dx (excluded: w's storage); sigmoid saves its (64, 48) output
+    assert memory.saved_bytes(lambda: torch.sigmoid(x @ w.T), [x, w]) == 64 * 48 * 4
+    # without the exclusion w's storage counts too (x is not saved: w needs no grad)
+    assert memory.saved_bytes(lambda: torch.sigmoid(x @ w.T), []) == (64 * 48 + 48 * 32) * 4
+
+
+def test_saved_bytes_counts_each_storage_once_views_included():
+    x = torch.randn(100, 10, requires_grad=True)
+
+    def fn():
+        a = x * 3.0          # saves nothing (scalar factor)
+        return a.sin() + a.cos() + a[:, :2].exp().sum()  # sin, cos save a; exp saves its own output
+
+    # a is one storage (100x10) however many ops save it or views of it; exp's output is 100x2
+    assert memory.saved_bytes(fn, [x]) == (100 * 10 + 100 * 2) * 4
+
+
+def test_saved_bytes_leaves_out_module_parameters():
+    lin = nn.Linear(16, 8)
+    x = torch.randn(4, 16, requires_grad=True)
+    assert memory.saved_bytes(lambda: lin(x), [x, lin]) == 0
+    assert memory.saved_bytes(lambda: lin(x), [x]) == 8 * 16 * 4  # the weight, once not excluded
+
+
+def test_saved_tensor_storages_ignores_empty_placeholders():
+    x = torch.randn(8, 4, requires_grad=True)
+    found = memory.saved_tensor_storages(lambda: (x * x.new_empty(0).sum()).sum(), [x])
+    assert all(n > 0 for n in found.values())
+
+
+# --------------------------------------------------------------------------- peak memory
+
+
+def test_peak_from_allocation_events():
+    events = [(0, 100, 100), (1, 50, 150), (2, -100, 50), (3, 20, 70), (4, -70, 0)]
+    assert memory.peak_from_allocation_events(events) == 150
+    assert memory.peak_from_allocation_events([]) == 0
+
+
+def test_cpu_peak_bytes_sees_a_temporary_allocation():
+    def fn():
+        t = torch.ones(MIB // 4)  # 1 MiB of float32, freed at return
+        return float(t.sum())
+
+    peak = memory.peak_bytes(fn, "cpu")
+    assert MIB <= peak < 4 * MIB
+
+
+def test_peak_bytes_rejects_other_devices():
+    with pytest.raises(ValueError, match="device"):
+        memory.peak_bytes(lambda: None, "meta")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _bench(op, impl, mode, median, **extra):
+    info = {"op": op, "impl": impl, "mode": mode, "device": "cpu", "dtype": "float32", "backend": "cpu"}
+    info.update(extra)
+    return {"name": f"test_{op}[{impl}-{mode}]", "group": op, "extra_info": info,
+            "stats": {"median": median, "min": median * 0.9, "rounds": 5}}
+
+
+def _fabricated_run() -> dict:
+    qkv = dict(M=2048, K=768, N=768, R=64, J=3)
+    benches = []
+    for mode, floor in (("forward", 0.010), ("backward", 0.012), ("full", 0.020)):
+        benches.append(_bench("dma_linear_multi", "floor", mode, floor, saved_bytes=0, **qkv))
+        # petal meets 1.20x; no ratio_to_floor in extra_info: the report computes it from the floor
+        benches.append(_bench("dma_linear_multi", "petal", mode, floor * 1.1, saved_bytes=512 * 1024,
+                              tflops=0.5, **qkv))
+        benches.append(_bench("dma_linear_multi", "lora", mode, floor * 1.7, saved_bytes=int(37.5 * MIB),
+                              **qkv))
+    gated = dict(B=8, T=256, d=768, g="large")
+    benches.append(_bench("gated_residual", "floor", "full", 0.004, **gated))
+    benches.append(_bench("gated_residual", "petal", "full", 0.003, saved_bytes=6 * MIB, **gated))
+    benches.append(_bench("gated_residual", "unfused", "full", 0.0045, saved_bytes=13 * MIB, **gated))
+    for preset, t in (("full", 2.31), ("lora", 1.34), ("petal", 1.0)):
+        benches.append(_bench("qformer_step", preset, "step", t, trainable_params=1000, total_params=10 ** 8,
+                              peak_bytes=100 * MIB))
+    return {
+        "machine_info": {"node": "box", "processor": "x86_64", "python_version": "3.11.0", "system": "Linux",
+                         "release": "6.0", "cpu": {"brand_raw": "Fabricated CPU 9000", "count": 2},
+                         "torch": "2.13.0", "torch_threads": 2, "bench_scale": "default"},
+        "commit_info": {"id": "0123456789abcdef", "dirty": False},
+        "datetime": "2026-01-01T00:00:00", "version": "5.3.1", "benchmarks": benches,
+    }
+
+
+def test_report_writes_tables_targets_and_charts(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(_fabricated_run()))
+    out = tmp_path / "docs"
+    assert report.main([str(path), "--out", str(out)]) == 0
+    text = (out / "BENCHMARKS.md").read_text()
+    assert "Fabricated CPU 9000" in text and "torch 2.13.0 with 2 threads" in text
+    assert "| petal | cpu | 11.00 ms | 1.10× |" in text  # median and its ratio to the floor
+    assert "1.70×" in text  # lora's ratio
+    # targets: dma_linear_multi 1.10x and 0.50 MiB are met; gated_residual is 1.5x, not 2x: missed;
+    # Q-Former petal/lora = 0.75 met, petal/full = 0.43 met
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `") or
+            line.startswith("| Q-Former")}
+    assert any("≤ 1.20×" in k and "| met |" in v for k, v in rows.items())
+    assert any("≤ 1 MiB" in k and "| met |" in v for k, v in rows.items())
+    assert any("gated_residual" in k and "| MISSED |" in v for k, v in rows.items())
+    assert any("0.85×" in k and "| met |" in v for k, v in rows.items())
+    assert "1 target(s) missed" in text
+    pytest.importorskip("matplotlib")
+    assert (out / "bench_dma_linear_multi.png").stat().st_size > 0
+    assert (out / "bench_step.png").stat().st_size > 0
+    assert "![bench_step.png](bench_step.png)" in text
+
+
+def test_report_says_not_run_for_missing_results(tmp_path):
+    run = _fabricated_run()
+    run["benchmarks"] = [b for b in run["benchmarks"] if b["extra_info"]["op"] != "qformer_step"]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    assert report.main([str(path), "--out", str(tmp_path), "--no-charts"]) == 0
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| Q-Former step `petal` ≤ 0.85× LoRA | – | not run |" in text
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_report_finds_the_newest_autosave_and_rejects_other_json(tmp_path):
+    old, new = tmp_path / "Linux" / "0001_a.json", tmp_path / "Linux" / "0002_b.json"
+    old.parent.mkdir()
+    old.write_text("{}")
+    new.write_text("{}")
+    os.utime(old, (time.time() - 100, time.time() - 100))
+    assert report.find_latest(tmp_path) == new
+    with pytest.raises(ValueError, match="not pytest-benchmark JSON"):
+        report.load_runs([new])
+    with pytest.raises(FileNotFoundError, match="no benchmark JSON"):
+        report.find_latest(tmp_path / "empty")
