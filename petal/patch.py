@@ -114,6 +114,7 @@ def patch(model: nn.Module, config: Optional[PetalConfig] = None) -> nn.Module:
     for _, wrapper in _wrappers(model):
         own = [p for n, p in wrapper.named_parameters() if not n.startswith("base_layer.")]
         _place(own, wrapper.base_layer)
+    for _, wrapper in _wrappers(model) + _tuner_layers(model):
         for name, sub in wrapper.named_modules():  # new modules follow the mode of what they wrap
             if not name.startswith("base_layer"):
                 sub.training = wrapper.base_layer.training

@@ -45,7 +45,7 @@ class AIMEmbeddings(DelegatingWrapper):
         if self.router is None:
             return e.new_full((e.shape[0], K), 1.0 / K)
         instr = e[:, query_length:] if e.shape[1] > query_length else e
-        return torch.softmax(self.router(instr.mean(dim=1)), dim=-1)
+        return torch.softmax(self.router(instr.mean(dim=1).to(self.router.weight.dtype)), dim=-1)
 
     def forward(self, *args, **kwargs):
         e = self.base_layer(*args, **kwargs)

@@ -149,7 +149,7 @@ class DMAAttention(DelegatingWrapper):
             if factors.dynamic is None:
                 parts.append(lam.expand(stop - start, sh.rank) if len(segments) > 1 else lam)
                 continue
-            mean = x[..., start:stop, :].mean(dim=-2)                          # (B, K)
+            mean = x[..., start:stop, :].mean(dim=-2).to(factors.down.dtype)   # (B, K)
             lam = lam * (1 + torch.tanh(F.linear(F.linear(mean, factors.down), factors.dynamic)))
             parts.append(lam.unsqueeze(-2).expand(*x.shape[:-2], stop - start, sh.rank))
         if len(parts) == 1:
