@@ -29,6 +29,20 @@ DTYPES = ("fp16", "bf16", "fp32")
 INTS = {"M", "K", "R", "N0", "N1", "N2", "ss0", "ss1", "ss2", "M_BUCKET", "N_TOTAL", "T", "D", "P", "Q",
         "ss", "rows_per_split", "KA"}
 FLOATS = {"adapter_scale", "gate_scale"}
+PIPELINED = {"rank_proj", "dma_fwd", "dma_dz", "dma_dx", "row_reduce", "gr_up"}  # GEMM K-loops
+
+
+def _attrs(fn, sig: dict) -> dict:
+    """What a launch with aligned tensors and 16-divisible sizes specialises: tt.divisibility=16 on
+    pointers and integers (except do_not_specialize), as for Q-Former/T5/LLM shapes (768, 1408, 4096)."""
+    skip = {fn.arg_names[a] if isinstance(a, int) else a for a in fn.do_not_specialize}
+    return {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(sig.items())
+            if ty != "constexpr" and ty != "fp32" and name not in skip}
+
+
+def _pipelined(compiled) -> bool:
+    """The K-loop loads go through shared memory asynchronously (cp.async / TMA): software pipelining."""
+    return "async_copy_global_to_local" in compiled.asm["ttgir"] or "async_tma_copy" in compiled.asm["ttgir"]
 
 
 def _signature(fn, dtype: str, fp32_ptrs: set, constexprs: dict) -> dict:
@@ -97,7 +111,8 @@ def main(argv=None) -> int:
         for (variant, config, dtype), (tname, target) in itertools.product(jobs, targets.items()):
             constexprs = {**config.kwargs, **variant}
             sig = _signature(tuned.fn, dtype, fp32_ptrs, constexprs)
-            src = triton.compiler.ASTSource(fn=tuned.fn, signature=sig, constexprs=constexprs)
+            src = triton.compiler.ASTSource(fn=tuned.fn, signature=sig, constexprs=constexprs,
+                                            attrs=_attrs(tuned.fn, sig))
             options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
             try:
                 compiled = triton.compile(src, target=target, options=options)
@@ -105,6 +120,9 @@ def main(argv=None) -> int:
                 print(f"FAIL {name} {tname} {dtype} {constexprs}: {type(e).__name__}: {e}")
                 return 1
             assert compiled.asm.get("cubin"), f"{name}: no cubin"
+            if name in PIPELINED and config.num_stages > 1 and not _pipelined(compiled):
+                print(f"FAIL {name} {tname} {dtype} {constexprs}: the K-loop is not software-pipelined")
+                return 1
             count += 1
     print(f"compiled {count} kernel variants to cubin for {', '.join(targets)}")
     return 0
