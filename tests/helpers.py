@@ -40,12 +40,14 @@ def backend(name: str):
         yield
 
 
-def grads_of(fn, inputs: dict, names: list, seed: int = 123):
-    """Run ``fn(**inputs)``; return its output(s) and the grads of ``names`` for random cotangents."""
+def grads_of(fn, inputs: dict, names: list, seed: int = 123, cot_dtype=None):
+    """Run ``fn(**inputs)``; return its output(s) and the grads of ``names`` for random cotangents
+    (rounded to ``cot_dtype`` first when given, as the backends under test see them)."""
     out = fn(**inputs)
     outs = out if isinstance(out, (tuple, list)) else (out,)
     gen = torch.Generator().manual_seed(seed)
-    cot = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype) for o in outs]
+    cot = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(cot_dtype or o.dtype).to(o.dtype)
+           for o in outs]
     tensors = [inputs[n] for n in names]
     grads = torch.autograd.grad(outs, tensors, cot, allow_unused=True) if tensors else []
     return outs, dict(zip(names, grads))
@@ -58,7 +60,7 @@ def compare(backend_name: str, dtype, fn_backend, fn_ref, inputs64: dict, names:
     op's own error, not the input rounding amplified by an ill-conditioned reduction.
     """
     rounded = {k: _cast(_cast(v, dtype), torch.float64) for k, v in inputs64.items()}
-    ref_outs, ref_grads = grads_of(fn_ref, rounded, names)
+    ref_outs, ref_grads = grads_of(fn_ref, rounded, names, cot_dtype=dtype)
 
     def run(fn, dt, name):
         cast = {k: _cast(v, dt) for k, v in inputs64.items()}

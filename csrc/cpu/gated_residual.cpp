@@ -148,8 +148,9 @@ void forward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, scalar_t*
     case Gate::middleX:
       at::parallel_for(0, M, row_grain(r.d), [&](int64_t m0, int64_t m1) {
         for (int64_t m = m0; m < m1; ++m) {
-          stat[m] = static_cast<scalar_t>(r.score(gate, m));
-          const Vec g(petal::sigmoid(static_cast<acc>(stat[m])));  // from the stored stat, as the backward
+          const red score = r.score(gate, m);
+          stat[m] = static_cast<scalar_t>(score);
+          const Vec g(static_cast<acc>(petal::sigmoid(score)));
           r.write_out(out, m, [&](int64_t, int64_t, int64_t) { return g; });
         }
       });
@@ -167,7 +168,7 @@ void forward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, scalar_t*
       for (int64_t b = 0; b < batch; ++b) {
         red sum = 0;
         for (int64_t m = b * T; m < (b + 1) * T; ++m) sum += petal::sigmoid(score[m]);
-        g_ex[b] = static_cast<acc>(static_cast<scalar_t>(sum / static_cast<red>(T)));
+        g_ex[b] = static_cast<acc>(sum / static_cast<red>(T));
       }
       at::parallel_for(0, M, row_grain(r.d), [&](int64_t m0, int64_t m1) {
         for (int64_t m = m0; m < m1; ++m) {
@@ -260,33 +261,38 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
     return;
   }
 
-  // Row gates: ds[m] = dL/d score[m] and G[m], the row's gate value.
-  std::vector<red> ds(M);
+  // Row gates: ds[m] = dL/d score[m] and G[m], the row's gate value. A bf16/fp16 stat is too coarse
+  // for the sigmoid's slope (one ulp of a score near 10 is 0.06): those rows recompute the score.
+  auto score_of = [&](int64_t m) { return io::kReduced ? r.score(gate, m) : static_cast<red>(stat[m]); };
+  std::vector<red> ds(M), sg(M);
   std::vector<acc> G(M);
   if (gate == Gate::middleX) {
     at::parallel_for(0, M, row_grain(d), [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m) {
-        const red sg = petal::sigmoid(static_cast<red>(stat[m]));
-        G[m] = static_cast<acc>(static_cast<scalar_t>(sg));
-        ds[m] = petal::row_score_grad(r.gate_grad_sum(dout, m), sg);
+        sg[m] = petal::sigmoid(score_of(m));
+        G[m] = static_cast<acc>(sg[m]);
+        ds[m] = petal::row_score_grad(r.gate_grad_sum(dout, m), sg[m]);
       }
     });
   } else {
     const int64_t T = M / batch;
     at::parallel_for(0, M, row_grain(d), [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m) ds[m] = r.gate_grad_sum(dout, m);
+      for (int64_t m = m0; m < m1; ++m) {
+        ds[m] = r.gate_grad_sum(dout, m);
+        sg[m] = petal::sigmoid(score_of(m));
+      }
     });
     for (int64_t b = 0; b < batch; ++b) {
       red d_gate = 0, gate_sum = 0;
       for (int64_t m = b * T; m < (b + 1) * T; ++m) {
         d_gate += ds[m];
-        gate_sum += petal::sigmoid(static_cast<red>(stat[m]));
+        gate_sum += sg[m];
       }
       d_gate /= static_cast<red>(T);
-      const acc g_ex = static_cast<acc>(static_cast<scalar_t>(gate_sum / static_cast<red>(T)));
+      const acc g_ex = static_cast<acc>(gate_sum / static_cast<red>(T));
       for (int64_t m = b * T; m < (b + 1) * T; ++m) {
         G[m] = g_ex;
-        ds[m] = petal::row_score_grad(d_gate, petal::sigmoid(static_cast<red>(stat[m])));
+        ds[m] = petal::row_score_grad(d_gate, sg[m]);
       }
     }
   }
@@ -301,7 +307,7 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
     for (int64_t m = m0; m < m1; ++m) {
       bias_sum += ds[m];
       const RVec ds_wide(ds[m]);
-      const Vec dsv(static_cast<acc>(static_cast<scalar_t>(ds[m]))), Gv(G[m]);
+      const Vec dsv(static_cast<acc>(ds[m])), Gv(G[m]);
       for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
         const int64_t off = m * d + i;
         const Vec xv = io::load(r.x + off, n);
