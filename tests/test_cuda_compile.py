@@ -70,7 +70,19 @@ def _demangle(name: str) -> str:
         name = subprocess.run([cxxfilt, name], capture_output=True, text=True).stdout.strip() or name
     name = re.sub(r"petal::cuda::(\(anonymous namespace\)::|detail::)", "", name)
     name = re.sub(r"AccOf<[^>]*>::type", "acc", name)
-    return name.split("(")[0]  # the template name and arguments say which kernel it is
+    return _strip_parameters(name)  # the template name and arguments say which kernel it is
+
+
+def _strip_parameters(name: str) -> str:
+    """``void k<float, (Mode)1>(Params<float>, ...)`` -> ``void k<float, (Mode)1>``."""
+    if not name.endswith(")"):
+        return name
+    depth = 0
+    for i in range(len(name) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(name[i], 0)
+        if depth == 0:
+            return name[:i]
+    return name
 
 
 def format_report(rows: list[dict]) -> str:
