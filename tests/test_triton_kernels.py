@@ -299,8 +299,8 @@ def unfused(inp, dtype):
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gated_residual_up_matches_unfused(granularity, dtype):
-    """18 rows (one full and one partial 16-row tile), d = 45 (two 32-wide column tiles but one
-    64-wide middleX row tile), adapter width 40 (two K steps)."""
+    """18 rows (one full and one partial 16-row tile; for small, tiles span both examples), d = 45
+    (two 32-wide column tiles, swept twice by middleX and small), adapter width 40 (two K steps)."""
     inp = up_inputs(2, 9, 45, 40, granularity, dtype)
     out = triton_backend.gated_residual_up(**inp)
     truth = unfused(inp, torch.float64)
@@ -340,8 +340,8 @@ def test_bf16_downcast_rounds_to_nearest_even():
 def test_autotune_lists():
     from petal_kernels.triton import autotune as at
 
-    lists = (at.GEMM_CONFIGS, at.SKINNY_CONFIGS, at.DZ_CONFIGS, at.ROW_REDUCTION_CONFIGS, at.ROW_CONFIGS,
-             at.FUSED_UP_CONFIGS)
+    lists = (at.GEMM_CONFIGS, at.FWD_CONFIGS, at.SKINNY_CONFIGS, at.DZ_CONFIGS, at.ROW_REDUCTION_CONFIGS,
+             at.ROW_CONFIGS, at.FUSED_UP_CONFIGS)
     if at.INTERPRET:
         assert all(len(c) == 1 for c in lists), "one config per kernel under the interpreter"
     for configs in lists:
@@ -349,8 +349,11 @@ def test_autotune_lists():
             for k in ("BM", "BN", "BK", "BP", "BQ"):
                 if k in c.kwargs:  # tl.dot needs >= 16 along every dim
                     assert c.kwargs[k] >= 16 and c.kwargs[k] & (c.kwargs[k] - 1) == 0, c
-    wide = at.prune_row_configs(at.ROW_CONFIGS, {}, BLOCK_D=65536)
-    assert len(wide) == 1 and wide[0].kwargs["BLOCK_M"] == min(c.kwargs["BLOCK_M"] for c in at.ROW_CONFIGS)
+    rows = [triton.Config({"BLOCK_M": m}, num_warps=w) for m, w in ((1, 4), (4, 4), (1, 16))]
+    assert [(c.kwargs["BLOCK_M"], c.num_warps) for c in at.prune_row_configs(rows, {}, BLOCK_D=1024)] \
+        == [(1, 4), (1, 16)]  # 4 x 1024 over 4 warps: 32 elements per thread
+    assert [(c.kwargs["BLOCK_M"], c.num_warps) for c in at.prune_row_configs(rows, {}, BLOCK_D=65536)] \
+        == [(1, 16)]  # nothing fits: the fewest elements per thread
     assert [at.rank_block(r) for r in (1, 16, 17, 64, 200)] == [16, 16, 32, 64, 64]
 
 

@@ -23,8 +23,7 @@ def _cfg(num_warps=4, num_stages=3, **meta) -> triton.Config:
     return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
 
 
-# GEMM with the fused rank-R epilogue (forward y, backward dx): tiles (BM, BN) of the output, BK along
-# the reduction. The epilogue holds a (BM, BR) and a (BR, BN) tile on top, so the widest tiles keep 3 stages.
+# dx = [g dy | dt] @ [W; down]: plain GEMM tiles (BM, BN) of the output, BK along the reduction.
 GEMM_CONFIGS = [
     _cfg(8, 3, BM=128, BN=256, BK=64, GROUP_M=8),
     _cfg(8, 3, BM=256, BN=128, BK=64, GROUP_M=8),
@@ -34,6 +33,10 @@ GEMM_CONFIGS = [
     _cfg(4, 5, BM=64, BN=64, BK=64, GROUP_M=8),
     _cfg(4, 4, BM=128, BN=128, BK=32, GROUP_M=8),
 ]
+
+# The forward GEMM with the fused rank-R epilogue holds a (BM, BR) and a (BR, BN) tile on top of the
+# accumulator: ptxas (sm_90, bf16) spills 0.7-1 KB per thread at 128x256 / 256x128, none at 128x128.
+FWD_CONFIGS = [c for c in GEMM_CONFIGS if c.kwargs["BM"] * c.kwargs["BN"] <= 128 * 128]
 
 # Skinny GEMMs with R-wide outputs (t = x @ down.T, dz = dy @ up): tiles (BM, BR), long reduction.
 SKINNY_CONFIGS = [
@@ -62,17 +65,20 @@ ROW_REDUCTION_CONFIGS = [
     _cfg(8, 4, BP=128, BQ=128, BM=32),
 ]
 
-# Row-parallel gated residual: BLOCK_M rows of the full (power-of-two padded) width per step.
+# Row-parallel gated residual: BLOCK_M rows of the full (power-of-two padded) width per step. The
+# backward keeps ~8 such tiles live, so prune_row_configs keeps <= ROW_ELEMS_PER_THREAD per thread.
 ROW_CONFIGS = [
     _cfg(4, 1, BLOCK_M=1),
     _cfg(4, 1, BLOCK_M=2),
     _cfg(8, 1, BLOCK_M=4),
-    _cfg(8, 1, BLOCK_M=8),
-    _cfg(16, 1, BLOCK_M=16),
+    _cfg(8, 1, BLOCK_M=1),
+    _cfg(16, 1, BLOCK_M=1),
+    _cfg(16, 1, BLOCK_M=2),
+    _cfg(16, 1, BLOCK_M=8),
 ]
 
 # Up-projection GEMM fused with the gated residual: (BM, BN) tiles of u over a short reduction (the
-# adapter width, ~100-200). BN is set by the wrapper (the whole row for middleX, FUSED_UP_BN otherwise).
+# adapter width, ~100-200); BN = FUSED_UP_BN (or the padded width when narrower).
 FUSED_UP_CONFIGS = [
     _cfg(4, 3, BM=64, BK=64),
     _cfg(8, 3, BM=128, BK=64),
@@ -84,6 +90,7 @@ FUSED_UP_BN = 128
 
 if INTERPRET:
     GEMM_CONFIGS = [_cfg(4, 1, BM=32, BN=32, BK=32, GROUP_M=2)]
+    FWD_CONFIGS = GEMM_CONFIGS
     SKINNY_CONFIGS = [_cfg(4, 1, BM=32, BK=32)]
     DZ_CONFIGS = [_cfg(4, 1, BK=32)]
     ROW_REDUCTION_CONFIGS = [_cfg(4, 1, BP=32, BQ=32, BM=16)]
@@ -91,21 +98,19 @@ if INTERPRET:
     FUSED_UP_CONFIGS = [_cfg(4, 1, BM=16, BK=32)]
     FUSED_UP_BN = 32
 
-ROW_TILE_MAX_ELEMS = 16384  # BLOCK_M * BLOCK_D above this would spill registers
+ROW_ELEMS_PER_THREAD = 16
+
+
+def _row_elems_per_thread(config, block_d: int) -> float:
+    return config.kwargs["BLOCK_M"] * block_d / (32 * config.num_warps)
 
 
 def prune_row_configs(configs, named_args, **kwargs):
-    """Drop row tiles too wide for the registers at this width; always keep at least one."""
+    """Drop row tiles that would spill at this width; keep at least the one with the fewest elements
+    per thread (ptxas, sm_90: the small-gate backward spills at 4 x 4096 over 4 warps, 32/thread)."""
     block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] * block_d <= ROW_TILE_MAX_ELEMS]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"])]
-
-
-def prune_fused_up_configs(configs, named_args, **kwargs):
-    """Fused up-projection tiles: BM x BN within the register budget; always keep the smallest BM."""
-    bn = kwargs.get("BN", named_args.get("BN"))
-    kept = [c for c in configs if c.kwargs["BM"] * bn <= ROW_TILE_MAX_ELEMS]
-    return kept or [min(configs, key=lambda c: c.kwargs["BM"])]
+    kept = [c for c in configs if _row_elems_per_thread(c, block_d) <= ROW_ELEMS_PER_THREAD]
+    return kept or [min(configs, key=lambda c: _row_elems_per_thread(c, block_d))]
 
 
 def rank_block(R: int) -> int:

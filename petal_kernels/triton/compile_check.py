@@ -86,10 +86,11 @@ def _variants(quick: bool):
            dict(GRAN=gr.MIDDLE_Y, PHASE=gr.ONE_PASS), dict(GRAN=gr.SMALL, PHASE=gr.ROWDOT),
            dict(GRAN=gr.SMALL, PHASE=gr.MAIN)]
     yield "gr_bwd", gr._gr_bwd_kernel, {"q_ptr", "pw_ptr", "pb_ptr", "pv_ptr"}, [dict(v, **row) for v in bwd]
-    up = dict(HAS_UP_BIAS=True, HAS_MASK=True, EMU_BF16=False)
-    yield "gr_up", gru._gr_up_kernel, set(), [  # a variant's BM overrides the config's
-        dict(up, GRAN=gr.LARGE, BN=128), dict(up, GRAN=gr.MIDDLE_Y, BN=128),
-        dict(up, GRAN=gr.MIDDLE_X, BN=1024, BM=16),
+    up = dict(HAS_UP_BIAS=True, HAS_MASK=True, EMU_BF16=False, BN=128)
+    yield "gr_up", gru._gr_up_kernel, {"g_ptr", "stat_ptr"}, [
+        dict(up, GRAN=gr.LARGE, PHASE=gru.ONE_PASS), dict(up, GRAN=gr.MIDDLE_Y, PHASE=gru.ONE_PASS),
+        dict(up, GRAN=gr.MIDDLE_X, PHASE=gru.ONE_PASS), dict(up, GRAN=gr.SMALL, PHASE=gru.STAT),
+        dict(up, GRAN=gr.SMALL, PHASE=gru.APPLY),
     ]
 
 

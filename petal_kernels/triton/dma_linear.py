@@ -80,7 +80,7 @@ def _rank_proj_kernel(
     tl.store(t_ptrs, cast(acc, t_ptr.dtype.element_ty, EMU_BF16), mask=m_mask[:, None] & r_mask[None, :])
 
 
-@triton.autotune(configs=at.GEMM_CONFIGS, key=["M_BUCKET", "N_TOTAL", "K", "R", "HAS_BIAS", "HAS_GAMMA"])
+@triton.autotune(configs=at.FWD_CONFIGS, key=["M_BUCKET", "N_TOTAL", "K", "R", "HAS_BIAS", "HAS_GAMMA"])
 @triton.jit(do_not_specialize=["N0", "N1", "N2", "ss0", "ss1", "ss2"])
 def _dma_fwd_kernel(
     x_ptr, t_ptr,

@@ -2,17 +2,23 @@
 
     out = gated_residual(x, h, a @ up_weight.T + up_bias, granularity, ...)
 
-``a`` (M, D_a) is the adapter's hidden activation (after φ), ``up_weight`` (d, D_a). One kernel
-computes a (BM, BN) tile of ``u`` with ``tl.dot`` and applies the gate in the epilogue, so the
-unfused write + read of ``u`` (2·M·d elements) disappears. ``"middleX"`` needs the whole row for its
-score, so its tiles span the row (d up to ``MAX_ROW_TILE``). The unfused path (``u`` by one matmul,
-then ``petal_kernels.gated_residual``) serves the rest: wider middleX rows, ``"small"`` (its
-per-example mean needs every row of the example before any output), float64, and CPU tensors
-without the interpreter. No autograd: this is for inference and evaluation; training goes through
-``petal_kernels.gated_residual`` with ``u`` materialised.
+``a`` (M, D_a) is the adapter's hidden activation (after φ), ``up_weight`` (d, D_a). The kernel
+computes (BM, BN) tiles of ``u`` with ``tl.dot`` and applies the gate in the epilogue, so the
+unfused write + read of ``u`` (2·M·d elements) disappears:
 
-To verify on a GPU: that the middleX whole-row tile (16 x 1024 fp32 accumulator at d = 1024, 8 warps)
-does not spill, and that the fused kernel beats matmul + gated_residual at T5/Q-Former widths.
+* ``large`` / ``middleY``: one tile per program, one pass.
+* ``middleX``: a program owns BM whole rows and sweeps their column tiles twice, first for the row
+  score, then for the output; the second sweep recomputes the u tiles (a GEMM over the adapter width,
+  cheap next to the memory traffic it saves) and re-reads x and h from L2.
+* ``small``: a scoring launch (the same sweep) writes fp32 row scores; the example means of their
+  sigmoids (B numbers) come from one torch op; the output launch reads them.
+
+float64 and CPU tensors without the interpreter take the unfused path (``u`` by one matmul, then
+``petal_kernels.gated_residual``). No autograd: this is for inference and evaluation; training goes
+through ``petal_kernels.gated_residual`` with ``u`` materialised.
+
+To verify on a GPU: that the fused kernel beats matmul + gated_residual at T5/Q-Former widths, and
+the L2 hit rate of the middleX second sweep at large BM.
 """
 
 from __future__ import annotations
@@ -27,23 +33,17 @@ from . import autotune as at
 from . import gated_residual as gr
 from .numerics import cast, dot, emulate_bf16
 
-MAX_ROW_TILE = 1024  # widest d whose full row a middleX tile holds (16 x d fp32 accumulator)
-K_LARGE, K_MIDDLE_X, K_MIDDLE_Y = tl.constexpr(gr.LARGE), tl.constexpr(gr.MIDDLE_X), tl.constexpr(gr.MIDDLE_Y)
+K_LARGE, K_MIDDLE_X, K_MIDDLE_Y, K_SMALL = (tl.constexpr(c) for c in (gr.LARGE, gr.MIDDLE_X, gr.MIDDLE_Y,
+                                                                       gr.SMALL))
+ONE_PASS, STAT, APPLY = 0, 1, 2
+K_STAT, K_APPLY = tl.constexpr(STAT), tl.constexpr(APPLY)
 
 
-@triton.autotune(configs=at.FUSED_UP_CONFIGS, key=["M_BUCKET", "D", "KA", "GRAN", "HAS_MASK"],
-                 prune_configs_by={"early_config_prune": at.prune_fused_up_configs})
 @triton.jit
-def _gr_up_kernel(
-    a_ptr, wu_ptr, bu_ptr, x_ptr, h_ptr, lg_ptr, w_ptr, b_ptr, v_ptr, mask_ptr, out_ptr,
-    M, D, KA, stride_am, stride_m, adapter_scale, gate_scale, M_BUCKET,
-    GRAN: tl.constexpr, HAS_UP_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, EMU_BF16: tl.constexpr,
-    BN: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+def _rows_tile(a_ptr, wu_ptr, bu_ptr, x_ptr, h_ptr, rm, rn, M, D, KA, stride_am, stride_m, adapter_scale,
+               HAS_UP_BIAS: tl.constexpr, EMU_BF16: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+               BK: tl.constexpr):
+    """x and h2 = h + adapter_scale * (a @ up_weightᵀ + up_bias) on the (rm, rn) tile, fp32."""
     rk = tl.arange(0, BK)
     m_mask = rm < M
     n_mask = rn < D
@@ -57,26 +57,74 @@ def _gr_up_kernel(
         acc = dot(a, wt, acc, EMU_BF16)
         a_ptrs += BK
         w_ptrs += BK
-    dtype = x_ptr.dtype.element_ty
     if HAS_UP_BIAS:
         acc += tl.load(bu_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    # u is rounded to the dtype as the unfused GEMM would store it
-    u = cast(acc, dtype, EMU_BF16).to(tl.float32)
+    # u is rounded to the dtype, as the unfused GEMM would store it
+    u = cast(acc, x_ptr.dtype.element_ty, EMU_BF16).to(tl.float32)
     offs = rm[:, None] * stride_m + rn[None, :]
     m2 = m_mask[:, None] & n_mask[None, :]
     x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float32)
     h2 = tl.load(h_ptr + offs, mask=m2, other=0.0).to(tl.float32) + adapter_scale * u
-    if GRAN == K_LARGE:
-        delta = tl.sigmoid(tl.load(lg_ptr + offs, mask=m2, other=0.0).to(tl.float32)) * h2
-    elif GRAN == K_MIDDLE_X:  # BN >= D: the tile holds whole rows
-        w = tl.load(w_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
-        s = tl.sum((x + h2) * w[None, :], axis=1) + tl.load(b_ptr).to(tl.float32)
-        delta = tl.sigmoid(s)[:, None] * h2
-    else:
-        delta = (1.0 + tl.load(v_ptr + rn, mask=n_mask, other=0.0).to(tl.float32))[None, :] * h2
-    if HAS_MASK:
-        delta = delta * tl.load(mask_ptr + offs, mask=m2, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, cast(x + gate_scale * delta, dtype, EMU_BF16), mask=m2)
+    return x, h2
+
+
+@triton.autotune(configs=at.FUSED_UP_CONFIGS, key=["M_BUCKET", "D", "KA", "GRAN", "PHASE", "HAS_MASK"])
+@triton.jit
+def _gr_up_kernel(
+    a_ptr, wu_ptr, bu_ptr, x_ptr, h_ptr, lg_ptr, w_ptr, b_ptr, v_ptr, g_ptr, mask_ptr, out_ptr, stat_ptr,
+    M, D, KA, T, stride_am, stride_m, adapter_scale, gate_scale, M_BUCKET,
+    GRAN: tl.constexpr, PHASE: tl.constexpr, HAS_UP_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+    EMU_BF16: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+):
+    """large / middleY: grid (row blocks, column blocks), one tile each. middleX: grid (row blocks,),
+    a first sweep over the row's column tiles for the score, a second one for the output (u is
+    recomputed, never stored). small: phase STAT sweeps for the fp32 row scores, phase APPLY reads
+    the example means g[row // T] and writes the output tile."""
+    dtype = x_ptr.dtype.element_ty
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BM + tl.arange(0, BM)
+    m_mask = rm < M
+    cols = tl.arange(0, BN)
+    if GRAN == K_MIDDLE_X or PHASE == K_STAT:
+        s = tl.zeros((BM,), dtype=tl.float32)
+        for n0 in range(0, D, BN):
+            rn = n0 + cols
+            x, h2 = _rows_tile(a_ptr, wu_ptr, bu_ptr, x_ptr, h_ptr, rm, rn, M, D, KA, stride_am, stride_m,
+                               adapter_scale, HAS_UP_BIAS, EMU_BF16, BM, BN, BK)
+            w1 = tl.load(w_ptr + rn, mask=rn < D, other=0.0).to(tl.float32)
+            if GRAN == K_MIDDLE_X:
+                s += tl.sum((x + h2) * w1[None, :], axis=1)
+            else:
+                w2 = tl.load(w_ptr + D + rn, mask=rn < D, other=0.0).to(tl.float32)
+                s += tl.sum(x * w1[None, :] + h2 * w2[None, :], axis=1)
+        s += tl.load(b_ptr).to(tl.float32)
+        if PHASE == K_STAT:
+            tl.store(stat_ptr + rm, s, mask=m_mask)
+    if PHASE != K_STAT:
+        if GRAN == K_MIDDLE_X:
+            n_lo = 0
+            n_hi = D
+        else:
+            n_lo = pid_n * BN
+            n_hi = n_lo + BN
+        for n0 in range(n_lo, n_hi, BN):
+            rn = n0 + cols
+            x, h2 = _rows_tile(a_ptr, wu_ptr, bu_ptr, x_ptr, h_ptr, rm, rn, M, D, KA, stride_am, stride_m,
+                               adapter_scale, HAS_UP_BIAS, EMU_BF16, BM, BN, BK)
+            offs = rm[:, None] * stride_m + rn[None, :]
+            m2 = m_mask[:, None] & (rn < D)[None, :]
+            if GRAN == K_LARGE:
+                delta = tl.sigmoid(tl.load(lg_ptr + offs, mask=m2, other=0.0).to(tl.float32)) * h2
+            elif GRAN == K_MIDDLE_X:
+                delta = tl.sigmoid(s)[:, None] * h2
+            elif GRAN == K_MIDDLE_Y:
+                delta = (1.0 + tl.load(v_ptr + rn, mask=rn < D, other=0.0).to(tl.float32))[None, :] * h2
+            else:
+                delta = tl.load(g_ptr + rm // T, mask=m_mask, other=0.0)[:, None] * h2
+            if HAS_MASK:
+                delta = delta * tl.load(mask_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+            tl.store(out_ptr + offs, cast(x + gate_scale * delta, dtype, EMU_BF16), mask=m2)
 
 
 def _check(x, h, a, up_weight, up_bias):
@@ -115,9 +163,8 @@ def gated_residual_up(x, h, a, up_weight, up_bias, granularity, adapter_scale=1.
     rows = x.numel() // d if d else 0
     if granularity not in gr.GRAN_CODE:
         raise ValueError(f"granularity must be one of {tuple(gr.GRAN_CODE)}, got {granularity!r}")
-    unfused = granularity == "small" or (granularity == "middleX" and d > MAX_ROW_TILE)
     runs_here = x.device.type == "cuda" or at.INTERPRET
-    if unfused or rows == 0 or x.dtype == torch.float64 or not runs_here:
+    if rows == 0 or x.dtype == torch.float64 or not runs_here:
         u = torch.nn.functional.linear(a, up_weight, up_bias)
         from .. import gated_residual
 
@@ -137,18 +184,35 @@ def gated_residual_up(x, h, a, up_weight, up_bias, granularity, adapter_scale=1.
     wu = up_weight.contiguous()
     out = torch.empty_like(x2)
     gran = gr.GRAN_CODE[granularity]
-    BN = triton.next_power_of_2(d) if gran == gr.MIDDLE_X else min(triton.next_power_of_2(d), at.FUSED_UP_BN)
+    BN = min(triton.next_power_of_2(d), at.FUSED_UP_BN)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    stat = torch.empty(rows, **f32) if gran == gr.SMALL else None
+    g_ex = torch.empty(0, **f32)
+    T = x.shape[-2] if gran == gr.SMALL else 1
 
-    def grid(meta):
-        return triton.cdiv(rows, meta["BM"]), triton.cdiv(d, BN)
+    def launch(phase):
+        sweeps = gran == gr.MIDDLE_X or phase == STAT  # a program sweeps its rows' column tiles
+
+        def grid(meta):
+            return triton.cdiv(rows, meta["BM"]), 1 if sweeps else triton.cdiv(d, BN)
+
+        _gr_up_kernel[grid](
+            a2, wu, _or(up_bias, wu), x2, h2, _or(logits, x2), _or(w, x2), _or(b, x2), _or(v, x2),
+            g_ex if g_ex.numel() else x2, _or(mask, x2), out, _or(stat, x2),
+            rows, d, wu.shape[1], T, a2.stride(0), x2.stride(0), float(adapter_scale), float(gate_scale),
+            at.bucket(rows), GRAN=gran, PHASE=phase, HAS_UP_BIAS=up_bias is not None,
+            HAS_MASK=mask is not None, EMU_BF16=emulate_bf16(x.dtype), BN=BN,
+        )
 
     with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
-        _gr_up_kernel[grid](
-            a2, wu, up_bias if up_bias is not None else wu, x2, h2, logits if logits is not None else x2,
-            w if w is not None else x2, b if b is not None else x2, v if v is not None else x2,
-            mask if mask is not None else x2, out,
-            rows, d, wu.shape[1], a2.stride(0), x2.stride(0), float(adapter_scale), float(gate_scale),
-            at.bucket(rows), GRAN=gran, HAS_UP_BIAS=up_bias is not None, HAS_MASK=mask is not None,
-            EMU_BF16=emulate_bf16(x.dtype), BN=BN,
-        )
+        if gran == gr.SMALL:
+            launch(STAT)
+            g_ex = torch.sigmoid(stat).reshape(-1, T).mean(1)  # (B,): one tiny launch, no sync
+            launch(APPLY)
+        else:
+            launch(ONE_PASS)
     return out.reshape(x.shape)
+
+
+def _or(t, fallback):
+    return fallback if t is None else t
