@@ -112,8 +112,7 @@ def patch(model: nn.Module, config: Optional[PetalConfig] = None) -> nn.Module:
         unpatch(model)
         raise
     for _, wrapper in _wrappers(model):
-        own = [p for n, p in wrapper.named_parameters() if not n.startswith("base_layer.")]
-        _place(own, wrapper.base_layer)
+        _place(wrapper, wrapper.base_layer)
     for _, wrapper in _wrappers(model) + _tuner_layers(model):
         for name, sub in wrapper.named_modules():  # new modules follow the mode of what they wrap
             if not name.startswith("base_layer"):
@@ -122,23 +121,29 @@ def patch(model: nn.Module, config: Optional[PetalConfig] = None) -> nn.Module:
         parent_name = name.rpartition(".")[0]
         module = model.get_submodule(name)
         parent = model.get_submodule(parent_name) if parent_name else model
-        _place(list(module.parameters()), parent)
+        _place(module, parent, skip="")
         module.train(parent.training)
-        module.requires_grad_(True)
     state.wrapped = [n for n, _ in _wrappers(model)] + [n for n, _ in _tuner_layers(model)]
     object.__setattr__(model, STATE_ATTR, state)
     return model
 
 
-def _place(params: list, near: nn.Module) -> None:
-    """Put new adapter parameters on the device of the weights they adapt (accelerate's placement);
-    float32 masters for a half-precision base (the layers cast at use), the base dtype otherwise."""
+def _place(module: nn.Module, near: nn.Module, skip: str = "base_layer") -> None:
+    """Put a new adapter module (all but its ``skip`` child) on the device of the weights it adapts
+    (accelerate's placement; the meta device too); float32 masters for a half-precision base (the
+    layers cast at use), the base dtype otherwise. Its parameters become trainable."""
     ref = next(near.parameters(), None)
-    for p in params:
-        if ref is not None:
-            dtype = ref.dtype if ref.dtype in (torch.float32, torch.float64) else torch.float32
-            p.data = p.data.to(device=ref.device, dtype=dtype)
-        p.requires_grad_(True)
+    if ref is not None:
+        dtype = ref.dtype if ref.dtype in (torch.float32, torch.float64) else torch.float32
+        for name, child in module.named_children():
+            if name != skip:
+                child.to(device=ref.device, dtype=dtype)
+        for name, p in list(module._parameters.items()):
+            if p is not None and (p.device != ref.device or p.dtype != dtype):
+                module._parameters[name] = nn.Parameter(p.detach().to(device=ref.device, dtype=dtype))
+    for name, p in module.named_parameters():
+        if not name.startswith(skip + "."):
+            p.requires_grad_(True)
 
 
 def _apply(model: nn.Module, cfg: PetalConfig, family: str, state: PatchState) -> None:
