@@ -120,8 +120,8 @@ def cuda_dma_bwd(M, K, N, R) -> list[Launch]:
 # --------------------------------------------------------------------------- gated_residual
 
 # Row tensors (M, d) each launch reads and writes, with a dropout mask (training). The Triton and
-# CUDA kernels make the same passes except "small" backward, whose first pass also reads x in
-# Triton (it recomputes the fp32 row scores there).
+# CUDA kernels make the same passes; "small" backward's first pass also reads x to recompute the
+# row scores in fp32 (a bf16 stat is too coarse for the sigmoid's slope).
 GATED_PASSES = {  # granularity: (forward passes, backward passes); a pass: (name, reads, writes)
     "large": ([("x,h,u,logits,mask -> out", 5, 1)],
               [("dout,h,u,logits,mask -> dx,dh,du,d_logits", 5, 4)]),
@@ -130,17 +130,14 @@ GATED_PASSES = {  # granularity: (forward passes, backward passes); a pass: (nam
     "middleY": ([("x,h,u,mask -> out", 4, 1)],
                 [("dout,h,u,mask -> dx,dh,du (+ d_vector partials)", 4, 3)]),
     "small": ([("x,h,u -> row scores", 3, 0), ("x,h,u,mask -> out", 4, 1)],
-              [("dout,h,u,mask -> row sums of e*h2", 4, 0), ("dout,x,h,u,mask -> dx,dh,du", 5, 3)]),
+              [("dout,x,h,u,mask -> row sums of e*h2, fp32 row scores", 5, 0),
+               ("dout,x,h,u,mask -> dx,dh,du", 5, 3)]),
 }
-TRITON_SMALL_BWD = [("dout,x,h,u,mask -> row sums, fp32 row scores", 5, 0),
-                    ("dout,x,h,u,mask -> dx,dh,du", 5, 3)]
 GATED_FLOPS_PER_ELEMENT = {"forward": 10, "backward": 16}
 
 
-def gated(M, d, granularity, direction, backend="cuda") -> list[Launch]:
+def gated(M, d, granularity, direction) -> list[Launch]:
     passes = GATED_PASSES[granularity][0 if direction == "forward" else 1]
-    if backend == "triton" and granularity == "small" and direction == "backward":
-        passes = TRITON_SMALL_BWD
     per = GATED_FLOPS_PER_ELEMENT[direction] / len(passes)
     return [Launch(f"{granularity} {name}", per * M * d, E * (reads + writes) * M * d + E * 2 * d)
             for name, reads, writes in passes]
@@ -199,14 +196,12 @@ def gated_summary() -> list[str]:
     lines = ["| shape | granularity | direction | floor µs | x + h µs | frozen d×d linear µs | "
              "ratio to linear |", "|---|---|---|---:|---:|---:|---:|"]
     for name, (M, d) in GATED_SHAPES.items():
-        cases = [(g, direction, "cuda") for g in GATED_PASSES for direction in ("forward", "backward")]
-        cases.append(("small", "backward", "triton"))
-        for granularity, direction, backend in cases:
-            floor = total(gated(M, d, granularity, direction, backend))
-            frozen = total(linear_fwd(M, d, d) if direction == "forward" else linear_bwd(M, d, d))
-            label = granularity if backend == "cuda" else f"{granularity} (triton)"
-            lines.append(f"| {name}, M={M} | {label} | {direction} | {us(floor)} | "
-                         f"{us(total(residual_add(M, d)))} | {us(frozen)} | {floor / frozen:.2f} |")
+        for granularity in GATED_PASSES:
+            for direction in ("forward", "backward"):
+                floor = total(gated(M, d, granularity, direction))
+                frozen = total(linear_fwd(M, d, d) if direction == "forward" else linear_bwd(M, d, d))
+                lines.append(f"| {name}, M={M} | {granularity} | {direction} | {us(floor)} | "
+                             f"{us(total(residual_add(M, d)))} | {us(frozen)} | {floor / frozen:.2f} |")
     return lines + [""]
 
 

@@ -6,7 +6,8 @@
 //             registers (KV vectors), so the row score (a block reduction) costs no second read.
 //   middleY : row kernels without the reduction; the backward accumulates d_vector per column.
 //   small   : forward = row scores -> per-example mean of sigmoid -> apply; backward = row sums of
-//             e*h2 -> per-example sums -> row kernel.
+//             e*h2 (and, for 16-bit types, the row scores again) -> per-example sums -> row kernel.
+//             The gates use the scores in float: a bf16/fp16 stat is too coarse for the sigmoid.
 // Gate-parameter gradients: each backward block sums its contiguous rows into one partial row of a
 // workspace; finish_columns then sums the partials in block order (deterministic, no atomics).
 #include "common.cuh"
@@ -116,7 +117,7 @@ enum class RowForward { middleX, middleY, small_score, small_apply };
 // Thread t of a block owns the vectors j = t + k * blockDim.x (k < KV) of every row it visits.
 template <typename T, int V, int KV, RowForward M>
 __global__ void rows_forward(Params<T> p, T* __restrict__ out, T* __restrict__ stat,
-                             const acc_t<T>* __restrict__ g_ex) {
+                             const acc_t<T>* __restrict__ g_ex, acc_t<T>* __restrict__ scores) {
   using A = acc_t<T>;
   __shared__ A buf[2][32];
   const int64_t dv = p.d / V;
@@ -152,7 +153,10 @@ __global__ void rows_forward(Params<T> p, T* __restrict__ out, T* __restrict__ s
     if (M == RowForward::middleX || M == RowForward::small_score) {
       const A score = block_sum(part, buf, parity) + detail::to_acc(p.b[0]);
       parity ^= 1;
-      if (threadIdx.x == 0) stat[r] = detail::from_acc<T>(score);
+      if (threadIdx.x == 0) {
+        stat[r] = detail::from_acc<T>(score);
+        if (M == RowForward::small_score) scores[r] = score;
+      }
       if (M == RowForward::small_score) continue;
       gate = sigmoid(score);
     } else if (M == RowForward::small_apply) {
@@ -176,10 +180,10 @@ __global__ void rows_forward(Params<T> p, T* __restrict__ out, T* __restrict__ s
   }
 }
 
-// Per example b (one block each): g_ex[b] = mean of sigmoid(stat) over its rows and, when `se` is
+// Per example b (one block each): g_ex[b] = mean of sigmoid(score) over its rows and, when `se` is
 // given, dg_ex[b] = the sum of se over its rows.
 template <typename T>
-__global__ void example_stats(const T* __restrict__ stat, const acc_t<T>* __restrict__ se,
+__global__ void example_stats(const acc_t<T>* __restrict__ scores, const acc_t<T>* __restrict__ se,
                               int64_t per_example, acc_t<T>* __restrict__ g_ex,
                               acc_t<T>* __restrict__ dg_ex) {
   using A = acc_t<T>;
@@ -187,7 +191,7 @@ __global__ void example_stats(const T* __restrict__ stat, const acc_t<T>* __rest
   const int64_t first = static_cast<int64_t>(blockIdx.x) * per_example;
   A gsum = 0, esum = 0;
   for (int64_t i = threadIdx.x; i < per_example; i += blockDim.x) {
-    gsum += sigmoid(detail::to_acc(stat[first + i]));
+    gsum += sigmoid(scores[first + i]);
     if (se) esum += se[first + i];
   }
   gsum = block_sum(gsum, buf, 0);
@@ -205,7 +209,7 @@ enum class RowBackward { middleX, middleY, small };
 // Block b owns rows [b * rows_per_block, ...) and writes its column sums of the gate-parameter
 // gradient into partial[b * stride + c] (c < ncols; c == ncols: the bias).
 template <typename T, int V, int KV, RowBackward M>
-__global__ void rows_backward(Params<T> p, const T* __restrict__ dout, const T* __restrict__ stat,
+__global__ void rows_backward(Params<T> p, const T* __restrict__ dout, const acc_t<T>* __restrict__ scores,
                               const acc_t<T>* __restrict__ g_ex, const acc_t<T>* __restrict__ dg_ex,
                               Grads<T> g, acc_t<T>* __restrict__ partial, int64_t rows_per_block,
                               int64_t stride) {
@@ -259,7 +263,7 @@ __global__ void rows_backward(Params<T> p, const T* __restrict__ dout, const T* 
     } else if (M == RowBackward::small) {
       const int64_t b = r / p.per_example;
       gate = g_ex[b];
-      ds = row_score_grad(dg_ex[b] / static_cast<A>(p.per_example), sigmoid(detail::to_acc(stat[r])));
+      ds = row_score_grad(dg_ex[b] / static_cast<A>(p.per_example), sigmoid(scores[r]));
     }
     acc_b += ds;
 #pragma unroll
@@ -311,34 +315,51 @@ __global__ void rows_backward(Params<T> p, const T* __restrict__ dout, const T* 
   if (M != RowBackward::middleY && threadIdx.x == 0) out[stride - 1] = acc_b;
 }
 
-// small backward, first pass: se[r] = Σ_row gate_score_term(e, h2).
+// small backward, first pass: se[r] = Σ_row gate_score_term(e, h2), and scores[r] the row's gate
+// score in float: recomputed from x and h2 for 16-bit types, else the saved stat (exact).
 template <typename T, int V, int KV>
-__global__ void small_row_sums(Params<T> p, const T* __restrict__ dout, acc_t<T>* __restrict__ se) {
+__global__ void small_row_sums(Params<T> p, const T* __restrict__ dout, const T* __restrict__ stat,
+                               acc_t<T>* __restrict__ se, acc_t<T>* __restrict__ scores) {
+  constexpr bool kRecompute = sizeof(T) < 4;
   using A = acc_t<T>;
   __shared__ A buf[2][32];
   const int64_t dv = p.d / V;
   int parity = 0;
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
     const int64_t row = r * p.d;
-    A part = 0;
+    A part = 0, score = 0;
 #pragma unroll
     for (int k = 0; k < KV; ++k) {
       const int64_t j = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
       if (j >= dv) continue;
       const int64_t c = j * V;
-      A dy[V], h[V], u[V], m[V];
+      A dy[V], h[V], u[V], m[V], x[V], wx[V], wh[V];
       load<T, V>(dout + row + c, dy);
       load<T, V>(p.h + row + c, h);
       load<T, V>(p.u + row + c, u);
       load_mask<T, V>(p.mask, row + c, m);
+      if (kRecompute) {
+        load<T, V>(p.x + row + c, x);
+        load<T, V>(p.w + c, wx);
+        load<T, V>(p.w + p.d + c, wh);
+      }
 #pragma unroll
       for (int i = 0; i < V; ++i) {
-        part += gate_score_term(upstream(dy[i], p.gs, m[i]), adapter_sum(h[i], u[i], p.as));
+        const A h2 = adapter_sum(h[i], u[i], p.as);
+        part += gate_score_term(upstream(dy[i], p.gs, m[i]), h2);
+        if (kRecompute) score += small_score_term(x[i], h2, wx[i], wh[i]);
       }
     }
     const A s = block_sum(part, buf, parity);
     parity ^= 1;
-    if (threadIdx.x == 0) se[r] = s;
+    if (kRecompute) {
+      score = block_sum(score, buf, parity) + detail::to_acc(p.b[0]);
+      parity ^= 1;
+    }
+    if (threadIdx.x == 0) {
+      se[r] = s;
+      scores[r] = kRecompute ? score : detail::to_acc(stat[r]);
+    }
   }
 }
 
@@ -429,31 +450,34 @@ size_t aligned_bytes(int64_t n) {
 
 template <typename T, int V, int KV, RowForward M>
 void launch_rows_forward(const Params<T>& p, int threads, T* out, T* stat, const acc_t<T>* g_ex,
-                         cudaStream_t stream) {
-  rows_forward<T, V, KV, M><<<row_blocks(p.rows, threads), threads, 0, stream>>>(p, out, stat, g_ex);
+                         acc_t<T>* scores, cudaStream_t stream) {
+  rows_forward<T, V, KV, M><<<row_blocks(p.rows, threads), threads, 0, stream>>>(p, out, stat, g_ex, scores);
 }
 
 template <typename T, int V, int KV>
-void forward_rows(const GatedResidualArgs& a, const Params<T>& p, int threads, T* out, T* stat,
-                  acc_t<T>* g_ex, cudaStream_t stream) {
+void forward_rows(const GatedResidualArgs& a, const Params<T>& p, int threads, T* out, T* stat, void* ws,
+                  cudaStream_t stream) {
+  using A = acc_t<T>;
   switch (a.granularity) {
     case Granularity::middleX:
-      launch_rows_forward<T, V, KV, RowForward::middleX>(p, threads, out, stat, nullptr, stream);
+      launch_rows_forward<T, V, KV, RowForward::middleX>(p, threads, out, stat, nullptr, nullptr, stream);
       break;
     case Granularity::middleY:
-      launch_rows_forward<T, V, KV, RowForward::middleY>(p, threads, out, stat, nullptr, stream);
+      launch_rows_forward<T, V, KV, RowForward::middleY>(p, threads, out, stat, nullptr, nullptr, stream);
       break;
-    default:
-      launch_rows_forward<T, V, KV, RowForward::small_score>(p, threads, out, stat, nullptr, stream);
-      example_stats<T><<<static_cast<unsigned>(a.batch), 256, 0, stream>>>(stat, nullptr, p.per_example,
+    default: {
+      A* scores = static_cast<A*>(ws);
+      A* g_ex = reinterpret_cast<A*>(static_cast<char*>(ws) + aligned_bytes<A>(a.rows));
+      launch_rows_forward<T, V, KV, RowForward::small_score>(p, threads, out, stat, nullptr, scores, stream);
+      example_stats<T><<<static_cast<unsigned>(a.batch), 256, 0, stream>>>(scores, nullptr, p.per_example,
                                                                           g_ex, nullptr);
-      launch_rows_forward<T, V, KV, RowForward::small_apply>(p, threads, out, stat, g_ex, stream);
+      launch_rows_forward<T, V, KV, RowForward::small_apply>(p, threads, out, stat, g_ex, nullptr, stream);
+    }
   }
 }
 
 template <typename T>
 cudaError_t forward_impl(const GatedResidualArgs& a, void* out_, void* stat_, void* ws, cudaStream_t stream) {
-  using A = acc_t<T>;
   constexpr int V = detail::kVec<T>;
   const Params<T> p = params_of<T>(a);
   T* out = static_cast<T*>(out_);
@@ -470,11 +494,10 @@ cudaError_t forward_impl(const GatedResidualArgs& a, void* out_, void* stat_, vo
   }
   RowShape s;
   if (!row_shape<T>(a, {out_}, &s)) return cudaErrorNotSupported;
-  A* g_ex = static_cast<A*>(ws);
   if (s.vector) {
-    forward_rows<T, V, kv_of<T>(true)>(a, p, s.threads, out, stat, g_ex, stream);
+    forward_rows<T, V, kv_of<T>(true)>(a, p, s.threads, out, stat, ws, stream);
   } else {
-    forward_rows<T, 1, kv_of<T>(false)>(a, p, s.threads, out, stat, g_ex, stream);
+    forward_rows<T, 1, kv_of<T>(false)>(a, p, s.threads, out, stat, ws, stream);
   }
   return cudaGetLastError();
 }
@@ -491,24 +514,25 @@ void backward_rows(const GatedResidualArgs& a, const Params<T>& p, int threads, 
   const unsigned grid = static_cast<unsigned>(used);
   if (a.granularity == Granularity::middleX) {
     rows_backward<T, V, KV, RowBackward::middleX><<<grid, threads, 0, stream>>>(
-        p, dout, stat, nullptr, nullptr, g, partial, per_block, stride);
+        p, dout, nullptr, nullptr, nullptr, g, partial, per_block, stride);
     detail::finish_columns<T><<<static_cast<unsigned>(detail::ceil_div(stride, 256)), 256, 0, stream>>>(
         partial, used, stride, a.d, g.d_weight, g.d_bias);
   } else if (a.granularity == Granularity::middleY) {
     rows_backward<T, V, KV, RowBackward::middleY><<<grid, threads, 0, stream>>>(
-        p, dout, stat, nullptr, nullptr, g, partial, per_block, stride);
+        p, dout, nullptr, nullptr, nullptr, g, partial, per_block, stride);
     detail::finish_columns<T><<<static_cast<unsigned>(detail::ceil_div(stride, 256)), 256, 0, stream>>>(
         partial, used, stride, a.d, g.d_vector, nullptr);
   } else {
     char* rest = static_cast<char*>(ws) + aligned_bytes<A>(blocks * stride);
     A* se = reinterpret_cast<A*>(rest);
-    A* g_ex = reinterpret_cast<A*>(rest + aligned_bytes<A>(a.rows));
+    A* scores = reinterpret_cast<A*>(rest + aligned_bytes<A>(a.rows));
+    A* g_ex = reinterpret_cast<A*>(rest + 2 * aligned_bytes<A>(a.rows));
     A* dg_ex = g_ex + a.batch;
-    small_row_sums<T, V, KV><<<row_blocks(a.rows, threads), threads, 0, stream>>>(p, dout, se);
-    example_stats<T><<<static_cast<unsigned>(a.batch), 256, 0, stream>>>(stat, se, p.per_example, g_ex,
+    small_row_sums<T, V, KV><<<row_blocks(a.rows, threads), threads, 0, stream>>>(p, dout, stat, se, scores);
+    example_stats<T><<<static_cast<unsigned>(a.batch), 256, 0, stream>>>(scores, se, p.per_example, g_ex,
                                                                          dg_ex);
     rows_backward<T, V, KV, RowBackward::small><<<grid, threads, 0, stream>>>(
-        p, dout, stat, g_ex, dg_ex, g, partial, per_block, stride);
+        p, dout, scores, g_ex, dg_ex, g, partial, per_block, stride);
     detail::finish_columns<T><<<static_cast<unsigned>(detail::ceil_div(stride, 256)), 256, 0, stream>>>(
         partial, used, stride, 2 * a.d, g.d_weight, g.d_bias);
   }
@@ -552,7 +576,7 @@ size_t backward_workspace_of(const GatedResidualArgs& a) {
   // The block count of the narrowest (32-thread) block bounds every launch shape's.
   const int64_t blocks = partial_blocks(a.rows, 32);
   size_t bytes = aligned_bytes<A>(blocks * partial_cols(a));
-  if (a.granularity == Granularity::small) bytes += aligned_bytes<A>(a.rows) + aligned_bytes<A>(2 * a.batch);
+  if (a.granularity == Granularity::small) bytes += 2 * aligned_bytes<A>(a.rows) + aligned_bytes<A>(2 * a.batch);
   return bytes;
 }
 
@@ -580,8 +604,9 @@ int64_t gated_residual_max_d(DType dtype, int64_t d) {
 }
 
 size_t gated_residual_forward_workspace(const GatedResidualArgs& a) {
-  const size_t acc = a.dtype == DType::f64 ? sizeof(double) : sizeof(float);
-  return a.granularity == Granularity::small ? static_cast<size_t>(a.batch) * acc : 0;
+  if (a.granularity != Granularity::small) return 0;  // small: float scores (rows), then g_ex (batch)
+  const int64_t acc = a.dtype == DType::f64 ? sizeof(double) : sizeof(float);
+  return static_cast<size_t>(detail::ceil_div(a.rows * acc, 16) * 16 + a.batch * acc);
 }
 
 cudaError_t gated_residual_forward(const GatedResidualArgs& a, void* out, void* stat, void* workspace,
