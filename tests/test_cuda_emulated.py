@@ -124,7 +124,7 @@ def bound(dtype, lowp_ref, truth):
 # forces the scalar path at a vector-friendly d; T = 150 gives backward blocks several rows each;
 # d = 2056 several vectors per thread and a block of hundreds of threads.
 GATED_SHAPES = {"vector": (2, 5, 64, False), "scalar": (3, 7, 19, False), "misaligned": (2, 3, 32, True),
-                "long": (2, 150, 24, False), "wide": (1, 3, 2056, False)}
+                "long": (2, 150, 24, False), "medium": (3, 40, 200, False), "wide": (1, 3, 2056, False)}
 
 
 def _gated_inputs(granularity, B, T, d, misaligned, dtype, mask, seed):
