@@ -242,3 +242,16 @@ def test_benchmark_call_shape_query_instruction_image_tokens():
                 query_embeds=torch.randn(B, 4, 32), encoder_hidden_states=torch.randn(B, 9, 48))
         assert out.last_hidden_state.shape == (B, 10, 32)
         out.last_hidden_state.mean().backward()
+
+
+def test_accelerate_dispatched_model_patches_and_runs():
+    from accelerate import dispatch_model
+
+    model = dispatch_model(tiny_instructblip("t5"), device_map={"": "cpu"})
+    inp = composite_inputs(model)
+    with torch.no_grad():
+        ref = model(**inp).logits
+        petal.patch(model)
+        torch.testing.assert_close(model(**inp).logits, ref, rtol=0, atol=1e-6)
+    dense = model.qformer.encoder.layer[0].output.dense
+    assert model.qformer.petal_dma.text.down.device == dense.weight.device
