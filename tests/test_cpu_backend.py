@@ -125,10 +125,18 @@ def _round_trip(inputs, dtype):
 # --------------------------------------------------------------------------- parity, moderately large
 
 
+DMA_VARIANTS = {  # name: (M, K, N, R, gamma and a per-row scale)
+    "plain": (257, 768, 771, 64, False),
+    "gamma+row-scale": (257, 768, 771, 64, True),
+    "folded-update": (800, 256, 300, 64, False),  # K <= M: the update is folded into W + ΔW
+}
+
+
 @pytest.mark.parametrize("dtype,bound", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["f64", "f32"])
-@pytest.mark.parametrize("variant", ["plain", "gamma+row-scale"])
+@pytest.mark.parametrize("variant", list(DMA_VARIANTS))
 def test_dma_linear_multi_large_shape_matches_reference(dtype, bound, variant):
-    inputs = dma_inputs(257, 768, 771, 64, gamma=variant != "plain", row_scale=variant != "plain")
+    M, K, N, R, extras = DMA_VARIANTS[variant]
+    inputs = dma_inputs(M, K, N, R, gamma=extras, row_scale=extras)
     truth = run_dma("reference", _round_trip(inputs, dtype), torch.float64)
     got = run_dma("cpu", inputs, dtype)
     assert len(got) == len(truth)

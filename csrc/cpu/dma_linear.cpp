@@ -42,14 +42,14 @@ void scaled_t(const at::Tensor& t, at::TensorList scales, std::vector<at::Tensor
   const int64_t M = t.size(0), R = t.size(1);
   const scalar_t* tp = t.data_ptr<scalar_t>();
   const auto sv = scale_views<scalar_t>(scales, R);
-  std::vector<scalar_t*> zp;
-  for (auto& z : zs) zp.push_back(z.data_ptr<scalar_t>());
+  std::vector<scalar_t*> zp;  // nullptr: projection j needs no z
+  for (auto& z : zs) zp.push_back(z.defined() ? z.data_ptr<scalar_t>() : nullptr);
   at::parallel_for(0, M, row_grain(R * static_cast<int64_t>(zs.size())), [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
       for_each_vec<Vec>(R, [&](int64_t i, int64_t n) {
         const Vec tv = io::load(tp + m * R + i, n);
         for (size_t j = 0; j < zp.size(); ++j)
-          io::store(zp[j] + m * R + i, petal::dma_scaled(tv, io::load(sv[j].row(m) + i, n)), n);
+          if (zp[j]) io::store(zp[j] + m * R + i, petal::dma_scaled(tv, io::load(sv[j].row(m) + i, n)), n);
       });
   });
 }
@@ -205,9 +205,19 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> dma_lin
     at::TensorList ups, at::TensorList scales, const OptTensorList& gammas) {
   check_forward(x, weights, biases, down, ups, scales, gammas);
   const size_t J = weights.size();
-  at::Tensor t = at::mm(x, down.t());
-  std::vector<at::Tensor> zs;
-  for (size_t j = 0; j < J; ++j) zs.push_back(at::empty_like(t));
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor t = at::mm(x, down.t());  // shared by the J projections, saved for the backward
+
+  // Projections without gamma and with a static scale fold the rank-R update into a transient
+  // W + (up * scale) down (2NKR flops instead of 2MNR plus a pass over y; never saved) when that is
+  // the cheaper side (K <= M). Not for bf16/fp16, whose rounding of W + ΔW would swamp a small ΔW.
+  const bool wide_type = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
+  std::vector<bool> merged(J);
+  std::vector<at::Tensor> zs(J);
+  for (size_t j = 0; j < J; ++j) {
+    merged[j] = wide_type && K <= M && !get(gammas, j).has_value() && scales[j].dim() == 1;
+    if (!merged[j]) zs[j] = at::empty_like(t);
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dma_linear_forward",
                                   [&] { scaled_t<scalar_t>(t, scales, zs); });
 
@@ -215,7 +225,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> dma_lin
   for (size_t j = 0; j < J; ++j) {
     const auto bias = get(biases, j);
     const auto gamma = get(gammas, j);
-    if (gamma.has_value()) {  // base is returned: d_gamma needs it
+    if (merged[j]) {
+      const at::Tensor w_eff = at::addmm(weights[j], ups[j] * scales[j], down);
+      ys.push_back(bias.has_value() ? at::addmm(*bias, x, w_eff.t()) : at::mm(x, w_eff.t()));
+      bases.push_back(x.new_empty({0}));
+    } else if (gamma.has_value()) {  // base is returned: d_gamma needs it
       at::Tensor base = at::mm(x, weights[j].t());
       at::Tensor y = at::mm(zs[j], ups[j].t());
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dma_linear_gamma",
