@@ -270,8 +270,9 @@ class DMAAttention(DelegatingWrapper):
 class QueryTransform(DelegatingWrapper):
     """The official code's ``layer_output + 0.1·(attn_out ⊙ scale + shift)`` around a Q-Former layer.
 
-    ``attn_out`` is the layer's self-attention block output (all rows); it is captured with a forward
-    hook on ``base_layer.attention`` for the duration of the call.
+    ``attn_out`` is the layer's self-attention block output (all rows). A forward hook on
+    ``base_layer.attention`` (registered by :meth:`capture_hook`, removed by ``unpatch``) hands it
+    over; registering it once keeps ``torch.compile`` free of graph breaks.
     """
 
     def __init__(self, base_layer: nn.Module, hidden_size: int, init_std: float, factor: float = 0.1):
@@ -279,13 +280,27 @@ class QueryTransform(DelegatingWrapper):
         self.factor = factor
         self.scale = nn.Parameter(torch.randn(hidden_size) * init_std)
         self.shift = nn.Parameter(torch.randn(hidden_size) * init_std)
+        self.__dict__["_captured"] = []
+        self.__dict__["_armed"] = []  # non-empty only inside forward: a checkpoint recompute captures nothing
+
+    def capture_hook(self):
+        captured, armed = self._captured, self._armed
+
+        def hook(module, args, output):
+            if armed:
+                armed.clear()
+                captured.append(output)
+
+        return self.base_layer.attention.register_forward_hook(hook)
 
     def forward(self, *args, **kwargs):
-        captured = []
-        handle = self.base_layer.attention.register_forward_hook(lambda m, i, o: captured.append(o))
-        try:
-            out = self.base_layer(*args, **kwargs)
-        finally:
-            handle.remove()
-        attn = captured[0]
+        self._captured.clear()
+        self._armed.append(True)
+        out = self.base_layer(*args, **kwargs)
+        self._armed.clear()
+        if not self._captured:
+            raise RuntimeError("QueryTransform: the self-attention output was not captured; "
+                               "was the model patched with petal.patch?")
+        attn = self._captured[0]
+        self._captured.clear()
         return out + self.factor * (attn * self.scale + self.shift)

@@ -77,8 +77,9 @@ def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> N
                     base, shared, kind, dma.projections, dma.gamma, dma.dropout))
             state.handles.append(layer.register_forward_pre_hook(_query_length_hook, with_kwargs=True))
             if dma.query_transform:
-                _wrap(qformer.encoder.layer, str(i), lambda base: QueryTransform(
+                wrapper = _wrap(qformer.encoder.layer, str(i), lambda base: QueryTransform(
                     base, hidden, dma.query_transform_init_std))
+                state.handles.append(wrapper.capture_hook())
     if aim.enabled:
         site = "embeddings" if hasattr(qformer, "embeddings") else "layernorm"
         _wrap(qformer, site, lambda base: AIMEmbeddings(
