@@ -69,9 +69,11 @@ def test_instruction_merge_weights():
     assert InstructionMerge(3, "uniform").logits is None
 
 
-def _run_one(q, inp, ids):
+def _run_one(q, inp, ids, text_mask=None):
     text = ids.shape[1]
     mask = torch.ones(ids.shape[0], QUERY + text, dtype=torch.long)
+    if text_mask is not None:
+        mask[:, QUERY:] = text_mask
     return q(input_ids=ids, attention_mask=mask, query_embeds=inp["query_embeds"],
              encoder_hidden_states=inp["encoder_hidden_states"]).last_hidden_state
 
@@ -87,6 +89,17 @@ def test_multi_instruction_qformer_merges_per_instruction_outputs():
                   encoder_hidden_states=inp["encoder_hidden_states"]).last_hidden_state
     w = torch.softmax(torch.tensor([0.3, -0.2]), 0)
     torch.testing.assert_close(multi, w[0] * single[0] + w[1] * single[1], rtol=1e-5, atol=1e-5)
+
+    text_mask = torch.ones(2, 2, 5, dtype=torch.long)
+    text_mask[0, 1, -2:] = 0  # padding in one instruction
+    with torch.no_grad():
+        single = [_run_one(q, inp, ids[:, i], text_mask[:, i]) for i in range(2)]
+        multi = q(input_ids=ids, attention_mask=text_mask, query_embeds=inp["query_embeds"],
+                  encoder_hidden_states=inp["encoder_hidden_states"]).last_hidden_state
+    torch.testing.assert_close(multi, w[0] * single[0] + w[1] * single[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="attention_mask for 2 instructions"):
+        q(input_ids=ids, attention_mask=torch.ones(2, 3), query_embeds=inp["query_embeds"],
+          encoder_hidden_states=inp["encoder_hidden_states"])
 
 
 def test_multi_instruction_instructblip_through_qformer_input_ids():

@@ -255,3 +255,14 @@ def test_accelerate_dispatched_model_patches_and_runs():
         torch.testing.assert_close(model(**inp).logits, ref, rtol=0, atol=1e-6)
     dense = model.qformer.encoder.layer[0].output.dense
     assert model.qformer.petal_dma.text.down.device == dense.weight.device
+
+
+@pytest.mark.parametrize("lm", ["t5", "llama"])
+def test_generate_after_patch_matches_base(lm):
+    model = tiny_instructblip(lm)
+    inp = composite_inputs(model)
+    args = dict(pixel_values=inp["pixel_values"], qformer_input_ids=inp["qformer_input_ids"],
+                input_ids=inp["input_ids"], max_new_tokens=3)
+    ref = model.generate(**args)
+    petal.patch(model)
+    assert torch.equal(model.generate(**args), ref)

@@ -85,19 +85,25 @@ class InstructionMerge(nn.Module):
 
 def expand_instructions(input_ids: Tensor, attention_mask, query_embeds, encoder_hidden_states,
                         encoder_attention_mask):
-    """(B, n, L) instruction ids -> (B·n, L), repeating the per-image tensors ``n`` times."""
+    """(B, n, L) instruction ids -> (B·n, L), repeating the per-image tensors ``n`` times.
+
+    ``attention_mask`` may be ``None``, ``(B, n, L)`` (instruction tokens only; the query tokens are
+    attended), ``(B, n, Lq + L)``, or ``(B, Lq + n·L)`` (what InstructBLIP builds for flattened ids).
+    """
     B, n, L = input_ids.shape
+    Lq = 0 if query_embeds is None else query_embeds.shape[1]
     rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)  # noqa: E731
     mask = attention_mask
     if mask is not None:
-        if mask.dim() == 3:  # (B, n, L) instruction mask
-            mask = mask.reshape(B * n, L)
-        elif mask.dim() == 2 and mask.shape[1] != L:  # (B, Lq + n·L): query mask then n instructions
-            Lq = mask.shape[1] - n * L
-            mask = torch.cat([mask[:, :Lq].repeat_interleave(n, dim=0),
-                              mask[:, Lq:].reshape(B * n, L)], dim=1)
+        if mask.dim() == 3 and mask.shape[:2] == (B, n) and mask.shape[2] in (L, Lq + L):
+            mask = mask.reshape(B * n, -1)
+            if mask.shape[1] == L and Lq:
+                mask = torch.cat([mask.new_ones(B * n, Lq), mask], dim=1)
+        elif mask.dim() == 2 and mask.shape == (B, Lq + n * L):
+            query_mask = mask[:, :Lq].repeat_interleave(n, dim=0)
+            mask = torch.cat([query_mask, mask[:, Lq:].reshape(B * n, L)], dim=1)
         else:
-            mask = rep(mask)
+            raise ValueError(f"attention_mask for {n} instructions of length {L} (and {Lq} query tokens) "
+                             f"must be (B, n, L), (B, n, Lq + L) or (B, Lq + n·L); got {tuple(mask.shape)}")
     return (input_ids.reshape(B * n, L), mask, rep(query_embeds), rep(encoder_hidden_states),
             rep(encoder_attention_mask), n)
-
