@@ -212,3 +212,18 @@ def test_shared_factor_shapes():
     assert sh.image.up.shape == (32, 8) and torch.count_nonzero(sh.image.up) == 0
     assert sh.text.core.shape == (8, 8, 8) and sh.lambdas.shape == (3, 8)
     assert DMAShared(32, None, 8, "cp", False, False).image is None
+
+
+@pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
+def test_dynamic_lambda_ignores_padded_instruction_tokens(attn_impl):
+    q = tiny_qformer()
+    q.config._attn_implementation = attn_impl
+    petal.patch(q, _dma_only(dynamic_lambda=True))
+    _randomise(q)
+    inp = qformer_inputs()  # example 0 has its last instruction token padded
+    other = dict(inp, input_ids=inp["input_ids"].clone())
+    other["input_ids"][0, -1] = (inp["input_ids"][0, -1] + 7) % 99
+    with torch.no_grad():
+        a = q(**inp).last_hidden_state[0, :-1]
+        b = q(**other).last_hidden_state[0, :-1]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

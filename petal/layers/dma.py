@@ -69,6 +69,15 @@ def _xavier_vector(rank: int) -> Tensor:
     return p[:, 0]
 
 
+def _key_weights(mask, length: int) -> Optional[Tensor]:
+    """(B, L) 1/0 weights of the attended keys, read off a 4-D attention mask (bool, or additive with 0
+    for attended keys); ``None`` when there is no such mask (every key attended)."""
+    if not isinstance(mask, Tensor) or mask.dim() != 4 or mask.shape[-1] != length:
+        return None
+    row = mask[:, 0, 0, :]
+    return row.float() if row.dtype == torch.bool else (row == 0).float()
+
+
 def _attention_module_globals(module: nn.Module):
     return sys.modules[type(module).__module__]
 
@@ -134,8 +143,9 @@ class DMAAttention(DelegatingWrapper):
         return self.p[name] if factors.core is None else torch.ones_like(self.p[name])
 
     def _row_scale(self, x: Tensor, factors: DMAFactors, modalities: tuple,
-                   query_length: Optional[int]) -> Tensor:
-        """s^m(x) per row, shape broadcastable to (B, L, R)."""
+                   query_length: Optional[int], valid: Optional[Tensor] = None) -> Tensor:
+        """s^m(x) per row, shape broadcastable to (B, L, R); ``valid`` (B, L) masks padding out of
+        the dynamic term's token means."""
         sh = self.shared
         if len(modalities) == 1:
             segments = [(modalities[0], 0, x.shape[-2])]
@@ -149,7 +159,13 @@ class DMAAttention(DelegatingWrapper):
             if factors.dynamic is None:
                 parts.append(lam.expand(stop - start, sh.rank) if len(segments) > 1 else lam)
                 continue
-            mean = x[..., start:stop, :].mean(dim=-2).to(factors.down.dtype)   # (B, K)
+            seg = x[..., start:stop, :]
+            if valid is None:
+                mean = seg.mean(dim=-2)
+            else:
+                w = valid[:, start:stop, None].to(seg.dtype)
+                mean = (seg * w).sum(dim=-2) / w.sum(dim=-2).clamp_min(1)
+            mean = mean.to(factors.down.dtype)                                  # (B, K)
             lam = lam * (1 + torch.tanh(F.linear(F.linear(mean, factors.down), factors.dynamic)))
             parts.append(lam.unsqueeze(-2).expand(*x.shape[:-2], stop - start, sh.rank))
         if len(parts) == 1:
@@ -160,12 +176,12 @@ class DMAAttention(DelegatingWrapper):
         return self.shared.lam(modalities[0])
 
     def _project(self, x: Tensor, factors: DMAFactors, names: list, modalities: tuple,
-                 query_length: Optional[int]) -> list:
+                 query_length: Optional[int], valid: Optional[Tensor] = None) -> list:
         base = self.base_layer
         linears = [getattr(base, n) for n in names]
         if self.merged and self._merge_full:
             return [lin(x) for lin in linears]
-        scale = self._row_scale(x, factors, modalities, query_length)
+        scale = self._row_scale(x, factors, modalities, query_length, valid)
         if self.merged:
             scale = scale - self._merge_ref(factors, modalities)
         elif self.training and self.dropout > 0:
@@ -195,11 +211,13 @@ class DMAAttention(DelegatingWrapper):
                              f"{'with' if cross else 'without'} encoder_hidden_states")
         current = encoder_hidden_states if cross else hidden_states
         inputs = {"hidden": hidden_states, "encoder": current}
+        valid = {"hidden": None if cross else _key_weights(attention_mask, hidden_states.shape[-2]),
+                 "encoder": _key_weights(encoder_attention_mask, current.shape[-2]) if cross else None}
         out = {}
         for source, factors, names, modalities in self._groups():
             if names:
                 out.update(zip(names, self._project(inputs[source], factors, names, modalities,
-                                                    query_length)))
+                                                    query_length, valid[source])))
         for name in ("query", "key", "value"):
             if name not in out:
                 out[name] = getattr(base, name)(hidden_states if name == "query" else current)
