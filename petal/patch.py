@@ -217,6 +217,8 @@ def merge(model: nn.Module) -> nn.Module:
     folded in) keep running the difference through the fused op, so a merged model's outputs equal
     the unmerged model's up to float rounding. ``unmerge`` subtracts (and divides by Γ) in float64:
     the restored weights are within one rounding of the merged weights' dtype of the originals.
+    Merging is for inference: a merged layer skips the rank-R dropout. Non-static modules (AIM, the
+    official query transform, VL-PET gates) stay active as they are.
     """
     _state(model)
     layers = _mergeable(model)

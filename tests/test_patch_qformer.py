@@ -266,3 +266,12 @@ def test_generate_after_patch_matches_base(lm):
     ref = model.generate(**args)
     petal.patch(model)
     assert torch.equal(model.generate(**args), ref)
+
+
+def test_merge_needs_a_static_update():
+    for preset in ("full", "petal-no-dma"):
+        q = petal.patch(tiny_qformer(), PetalConfig.from_preset(preset))
+        with pytest.raises(ValueError, match="nothing to merge"):
+            petal.merge(q)
+    with pytest.raises(ValueError, match="not patched"):
+        petal.merge(tiny_qformer())
