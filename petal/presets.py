@@ -50,7 +50,7 @@ PRESETS: dict[str, PetalConfig] = {name: build() for name, build in _BUILDERS.it
 
 
 def preset(name: str) -> PetalConfig:
-    """A fresh copy of the named preset (editing it never changes ``PRESETS``)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; presets are {sorted(PRESETS)}")
-    return copy.deepcopy(PRESETS[name])
+    """A freshly built copy of the named preset (edits to it, or to ``PRESETS``, never leak)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown preset {name!r}; presets are {sorted(_BUILDERS)}")
+    return _BUILDERS[name]()
