@@ -141,6 +141,9 @@ inline int64_t num_chunks(int64_t rows, int64_t min_rows = 32, int64_t max_chunk
   return std::max<int64_t>(1, std::min<int64_t>(max_chunks, (rows + min_rows - 1) / min_rows));
 }
 
+// Grain of a parallel loop over the columns of `chunks` partial rows: small combines stay serial.
+inline int64_t combine_grain(int64_t chunks) { return std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(chunks, 1)); }
+
 // fn(chunk, row_begin, row_end) for every chunk of `rows`, chunks run in parallel.
 template <typename F>
 inline void for_each_chunk(int64_t rows, int64_t chunks, const F& fn) {

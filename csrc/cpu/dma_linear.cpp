@@ -54,6 +54,25 @@ void scaled_t(const at::Tensor& t, at::TensorList scales, std::vector<at::Tensor
   });
 }
 
+// out[row_of[j] + n] = ups[j][n] * scales[j] for the projections with row_of[j] >= 0. Serial: N x R is small.
+template <typename scalar_t>
+void scaled_ups(at::TensorList ups, at::TensorList scales, const std::vector<int64_t>& row_of, at::Tensor& out) {
+  using Vec = AccVec<scalar_t>;
+  using io = Io<scalar_t>;
+  const int64_t R = out.size(1);
+  scalar_t* op = out.data_ptr<scalar_t>();
+  for (size_t j = 0; j < ups.size(); ++j) {
+    if (row_of[j] < 0) continue;
+    const scalar_t* up = ups[j].data_ptr<scalar_t>();
+    const scalar_t* sp = scales[j].data_ptr<scalar_t>();
+    for (int64_t n = 0; n < ups[j].size(0); ++n)
+      for_each_vec<Vec>(R, [&](int64_t i, int64_t cnt) {
+        const Vec v = petal::dma_scaled(io::load(up + n * R + i, cnt), io::load(sp + i, cnt));
+        io::store(op + (row_of[j] + n) * R + i, v, cnt);
+      });
+  }
+}
+
 // y = gamma * base + bias + y (y holds the up-projection on entry).
 template <typename scalar_t>
 void gamma_epilogue(const at::Tensor& base, const at::Tensor& gamma, const std::optional<at::Tensor>& bias,
@@ -153,7 +172,7 @@ void gamma_grad(const at::Tensor& dy, const at::Tensor& base, at::Tensor& d_gamm
       });
   });
   scalar_t* out = d_gamma.data_ptr<scalar_t>();
-  at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, combine_grain(chunks), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       red sum = 0;
       for (int64_t c = 0; c < chunks; ++c) sum += partial[c * Np + i];
@@ -210,24 +229,42 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> dma_lin
 
   // Projections without gamma and with a static scale fold the rank-R update into a transient
   // W + (up * scale) down (2NKR flops instead of 2MNR plus a pass over y; never saved) when that is
-  // the cheaper side (K <= M). Not for bf16/fp16, whose rounding of W + ΔW would swamp a small ΔW.
+  // the cheaper side (K <= M). All of them share one (ΣN, K) buffer, so one GEMM adds every ΔW and
+  // y_j reads its contiguous row block. Not for bf16/fp16, whose rounding of W + ΔW would swamp a small ΔW.
   const bool wide_type = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
-  std::vector<bool> merged(J);
-  std::vector<at::Tensor> zs(J);
+  std::vector<int64_t> row_of(J, -1);  // row of projection j in the folded buffer, -1: not folded
+  std::vector<at::Tensor> zs(J), folded_weights;
+  int64_t folded_rows = 0;
+  bool any_z = false;
   for (size_t j = 0; j < J; ++j) {
-    merged[j] = wide_type && K <= M && !get(gammas, j).has_value() && scales[j].dim() == 1;
-    if (!merged[j]) zs[j] = at::empty_like(t);
+    if (wide_type && K <= M && !get(gammas, j).has_value() && scales[j].dim() == 1) {
+      row_of[j] = folded_rows;
+      folded_rows += weights[j].size(0);
+      folded_weights.push_back(weights[j]);
+    } else {
+      zs[j] = at::empty_like(t);
+      any_z = true;
+    }
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dma_linear_forward",
-                                  [&] { scaled_t<scalar_t>(t, scales, zs); });
+  at::Tensor w_eff;
+  if (folded_rows > 0) {
+    w_eff = at::cat(folded_weights);
+    at::Tensor u_scaled = at::empty({folded_rows, down.size(0)}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dma_linear_fold",
+                               [&] { scaled_ups<scalar_t>(ups, scales, row_of, u_scaled); });
+    w_eff.addmm_(u_scaled, down);
+  }
+  if (any_z)
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dma_linear_forward",
+                                    [&] { scaled_t<scalar_t>(t, scales, zs); });
 
   std::vector<at::Tensor> ys, bases;
   for (size_t j = 0; j < J; ++j) {
     const auto bias = get(biases, j);
     const auto gamma = get(gammas, j);
-    if (merged[j]) {
-      const at::Tensor w_eff = at::addmm(weights[j], ups[j] * scales[j], down);
-      ys.push_back(bias.has_value() ? at::addmm(*bias, x, w_eff.t()) : at::mm(x, w_eff.t()));
+    if (row_of[j] >= 0) {
+      const at::Tensor w_j = w_eff.narrow(0, row_of[j], weights[j].size(0)).t();
+      ys.push_back(bias.has_value() ? at::addmm(*bias, x, w_j) : at::mm(x, w_j));
       bases.push_back(x.new_empty({0}));
     } else if (gamma.has_value()) {  // base is returned: d_gamma needs it
       at::Tensor base = at::mm(x, weights[j].t());

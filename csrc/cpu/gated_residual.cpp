@@ -195,7 +195,7 @@ struct Partials {
   red* chunk(int64_t c, int64_t segment = 0) { return data.data() + (c * segments + segment) * dp; }
 
   void combine(scalar_t* dst) const {
-    at::parallel_for(0, segments * d, 256, [&](int64_t k0, int64_t k1) {
+    at::parallel_for(0, segments * d, combine_grain(chunks), [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t s = k / d, i = k % d;
         red sum = 0;
