@@ -275,3 +275,15 @@ def test_merge_needs_a_static_update():
             petal.merge(q)
     with pytest.raises(ValueError, match="not patched"):
         petal.merge(tiny_qformer())
+
+
+def test_output_attentions_and_hidden_states_still_recorded():
+    q, inp = tiny_qformer(), qformer_inputs()
+    q.config._attn_implementation = "eager"
+    with torch.no_grad():
+        ref = q(**inp, output_attentions=True, output_hidden_states=True)
+        petal.patch(q)
+        out = q(**inp, output_attentions=True, output_hidden_states=True)
+    assert len(out.attentions) == len(ref.attentions) > 0 and len(out.hidden_states) == len(ref.hidden_states)
+    for a, b in zip(out.attentions, ref.attentions):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
