@@ -287,3 +287,12 @@ def test_output_attentions_and_hidden_states_still_recorded():
     assert len(out.attentions) == len(ref.attentions) > 0 and len(out.hidden_states) == len(ref.hidden_states)
     for a, b in zip(out.attentions, ref.attentions):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_error_inside_patch_restores_flags_and_modules():
+    q = tiny_qformer()
+    flags = {n: p.requires_grad for n, p in q.named_parameters()}
+    with pytest.raises(ValueError, match="'head'"):
+        petal.patch(q, PetalConfig.from_preset("head"))
+    assert {n: p.requires_grad for n, p in q.named_parameters()} == flags
+    assert not petal.is_patched(q)
