@@ -9,8 +9,8 @@ Environment switches (as flash-attention's):
                        (needs a CUDA toolkit and a CUDA build of torch)
   PETAL_NO_CUDA=1      never build the CUDA kernels
   PETAL_CUDA_ARCHS     e.g. "80;90" (default: TORCH_CUDA_ARCH_LIST or "80;90")
-  PETAL_CPU_GENERIC=1  build the CPU kernels for the baseline x86-64 ISA even when the build machine has
-                       AVX2 (default: AVX2/FMA at::vec kernels, as torch.compile's C++ code, when it has)
+  PETAL_CPU_ISA        generic | avx2 | avx512: the x86-64 vector ISA of the CPU kernels (default: the
+                       one torch uses on the build machine, torch.backends.cpu.get_cpu_capability())
   MAX_JOBS             parallel compile jobs (ninja)
 """
 
@@ -36,15 +36,19 @@ def _openmp_flags():
     return ["-fopenmp"], ["-fopenmp"]
 
 
+_CPU_ISA_FLAGS = {  # as torch.compile's C++ code for the same at::vec capability
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+}
+
+
 def _cpu_vector_flags(torch):
-    """AVX2 + FMA at::vec::Vectorized kernels when this machine runs them (as torch.compile's C++ code)."""
-    if _flag("PETAL_CPU_GENERIC") or sys.platform == "win32":
+    """at::vec::Vectorized kernels for the widest ISA torch itself runs on this machine."""
+    if sys.platform == "win32" or platform.machine().lower() not in ("x86_64", "amd64"):
         return []
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return []
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        return []
-    return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    isa = os.environ.get("PETAL_CPU_ISA") or torch.backends.cpu.get_cpu_capability()
+    return _CPU_ISA_FLAGS.get(isa.lower(), [])
 
 
 def _cuda_wanted(torch) -> bool:

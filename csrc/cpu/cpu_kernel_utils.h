@@ -88,7 +88,12 @@ struct Wide {
   explicit Wide(const Vec& v) {
     if constexpr (kParts == 1) {
       part[0] = v;
-#if defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
+#if defined(CPU_CAPABILITY_AVX512) && !defined(_MSC_VER)
+    } else if constexpr (std::is_same_v<acc, float> && std::is_same_v<red, double> && kParts == 2) {
+      const __m512 f = v;
+      part[0] = _mm512_cvtps_pd(_mm512_castps512_ps256(f));
+      part[1] = _mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1));
+#elif defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
     } else if constexpr (std::is_same_v<acc, float> && std::is_same_v<red, double> && kParts == 2) {
       const __m256 f = v;
       part[0] = _mm256_cvtps_pd(_mm256_castps256_ps128(f));
