@@ -14,8 +14,8 @@ force one with ``PETAL_BACKEND=<name>`` or ``with petal_kernels.use_backend(name
 from __future__ import annotations
 
 from . import _checks, _ops, reference
-from ._backend import BACKENDS, available_backends, backend_name, use_backend
 from ._autocast import autocast_args
+from ._backend import BACKENDS, available_backends, backend_name, use_backend
 from .reference import GRANULARITIES
 
 __all__ = [

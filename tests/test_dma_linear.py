@@ -170,7 +170,8 @@ class _QKV(torch.nn.Module):
         self.w = torch.nn.ParameterList(
             [torch.nn.Parameter(torch.randn(N, K, generator=g), requires_grad=False) for _ in range(3)])
         self.down = torch.nn.Parameter(torch.randn(R, K, generator=g))
-        self.ups = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(N, R, generator=g)) for _ in range(3)])
+        self.ups = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.randn(N, R, generator=g)) for _ in range(3)])
         self.lam = torch.nn.Parameter(torch.rand(R, generator=g))
         self.gamma = torch.nn.Parameter(torch.rand(N, generator=g) + 0.5)
 

@@ -19,7 +19,8 @@ def dma_args(**over):
 
 
 DMA_BAD = [
-    ("K mismatch in weight", {"weight": torch.randn(5, 7)}, ValueError, r"weight must have shape \(N, 6\)"),
+    ("K mismatch in weight", {"weight": torch.randn(5, 7)}, ValueError,
+     r"weight must have shape \(N, 6\)"),
     ("K mismatch in down", {"down": torch.randn(3, 7)}, ValueError, r"down must have shape \(R, 6\)"),
     ("R mismatch in up", {"up": torch.randn(5, 4)}, ValueError, r"up must have shape \(5, 3\)"),
     ("N mismatch in up", {"up": torch.randn(6, 3)}, ValueError, r"up must have shape \(5, 3\)"),
@@ -27,9 +28,11 @@ DMA_BAD = [
     ("N mismatch in gamma", {"gamma": torch.randn(6)}, ValueError, r"gamma must have shape \(5,\)"),
     ("R mismatch in scale", {"scale": torch.randn(4)}, ValueError, r"scale must broadcast to \(4, 3\)"),
     ("rows mismatch in scale", {"scale": torch.randn(5, 3)}, ValueError, r"scale must broadcast"),
-    ("mixed dtypes", {"up": torch.randn(5, 3, dtype=torch.float64)}, TypeError, r"up has dtype torch.float64"),
+    ("mixed dtypes", {"up": torch.randn(5, 3, dtype=torch.float64)}, TypeError,
+     r"up has dtype torch.float64"),
     ("integer x", {"x": torch.ones(4, 6, dtype=torch.int64)}, TypeError, r"x must be a floating tensor"),
-    ("integer weight", {"weight": torch.ones(5, 6, dtype=torch.int32)}, TypeError, r"weight must be a floating"),
+    ("integer weight", {"weight": torch.ones(5, 6, dtype=torch.int32)}, TypeError,
+     r"weight must be a floating"),
     ("not a tensor", {"down": [[1.0] * 6] * 3}, TypeError, r"down must be a torch.Tensor, got list"),
     ("meta device", {"gamma": torch.randn(5, device="meta")}, ValueError, r"gamma is on device meta"),
 ]
@@ -38,7 +41,8 @@ DMA_BAD = [
 @pytest.mark.parametrize("label,over,exc,match", DMA_BAD, ids=[c[0] for c in DMA_BAD])
 def test_dma_linear_bad_input(label, over, exc, match):
     args = dma_args(**over)
-    before = {k: v.clone() for k, v in args.items() if isinstance(v, torch.Tensor) and v.device.type != "meta"}
+    before = {k: v.clone() for k, v in args.items()
+              if isinstance(v, torch.Tensor) and v.device.type != "meta"}
     with pytest.raises(exc, match=match):
         pk.dma_linear(**args)
     for k, v in before.items():
@@ -74,8 +78,10 @@ GATE_BAD = [
     ("h shape", gate_args(h=torch.randn(2, 3, 5)), ValueError, r"h must have shape \(2, 3, 4\)"),
     ("missing weight", gate_args(gate_weight=None), TypeError, r"gate_weight must be a tensor, got None"),
     ("wrong gate", gate_args(gate_vector=torch.randn(4)), ValueError, r"gate_vector is only used by"),
-    ("weight width", gate_args(gate_weight=torch.randn(5)), ValueError, r"gate_weight must have shape \(4,\)"),
-    ("small width", gate_args("small", gate_weight=torch.randn(4)), ValueError, r"gate_weight must have shape \(8,\)"),
+    ("weight width", gate_args(gate_weight=torch.randn(5)), ValueError,
+     r"gate_weight must have shape \(4,\)"),
+    ("small width", gate_args("small", gate_weight=torch.randn(4)), ValueError,
+     r"gate_weight must have shape \(8,\)"),
     ("small needs 3-d", {**gate_args("small"), "x": torch.randn(6, 4), "h": torch.randn(6, 4),
                          "u": torch.randn(6, 4)}, ValueError, r"needs x of shape \(B, T, d\)"),
     ("bias shape", gate_args(gate_bias=torch.randn(2)), ValueError, r"gate_bias must be a scalar"),
