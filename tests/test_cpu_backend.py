@@ -337,3 +337,21 @@ def test_schemas_are_registered_for_cpu():
     for name in names:
         op = getattr(torch.ops.petal_C, name).default
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU"), name
+
+
+@pytest.mark.parametrize("M,K,N,R", [(6, 0, 3, 2), (6, 4, 0, 2), (3, 4, 0, 2), (6, 4, 3, 0)])
+def test_dma_empty_feature_dims_match_reference(M, K, N, R):
+    inputs = dma_inputs(M, K, N, R, J=2)
+    got = run_dma("cpu", inputs, torch.float64)
+    want = run_dma("reference", inputs, torch.float64)
+    for i, (o, r) in enumerate(zip(got, want)):
+        assert o.shape == r.shape, f"output/grad #{i}: shape {tuple(o.shape)} != {tuple(r.shape)}"
+        torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("granularity", pk.GRANULARITIES)
+def test_gated_residual_zero_width_matches_reference(granularity):
+    inputs = gate_inputs(granularity, (2, 3, 0))
+    for o, r in zip(run_gate("cpu", granularity, inputs, torch.float64),
+                    run_gate("reference", granularity, inputs, torch.float64)):
+        torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)

@@ -247,7 +247,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> dma_lin
     }
   }
   at::Tensor w_eff;
-  if (folded_rows > 0) {
+  if (!folded_weights.empty()) {
     w_eff = at::cat(folded_weights);
     at::Tensor u_scaled = at::empty({folded_rows, down.size(0)}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dma_linear_fold",
