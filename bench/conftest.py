@@ -82,6 +82,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "default_cpu": petal_kernels.backend_name(torch.device("cpu")),
     }
     machine_info["bench_scale"] = bench_scale(config)
+    if hasattr(os, "getloadavg"):  # at the end of the run: how contended the machine was
+        machine_info["load_average"] = [round(v, 2) for v in os.getloadavg()]
     if torch.cuda.is_available():
         machine_info["cuda_device"] = torch.cuda.get_device_name()
         machine_info["petal_backends"]["default_cuda"] = petal_kernels.backend_name(torch.device("cuda"))
@@ -285,8 +287,10 @@ def _dma_setup(op: str, impl: str, device: str, dtype: str, M: int, K: int, N: i
         elif impl == "petal_p0.1":
             def forward():  # dropout on the shared bottleneck t, folded into per-row scales
                 mask = _bottleneck_mask(M, R, 0.1, x)
-                return petal_kernels.dma_linear_multi(x, weights, biases, down, ups,
-                                                      [s * mask for s in scales])
+                if multi:
+                    return petal_kernels.dma_linear_multi(x, weights, biases, down, ups,
+                                                          [s * mask for s in scales])
+                return (petal_kernels.dma_linear(x, weights[0], biases[0], down, ups[0], scales[0] * mask),)
             backend = petal_kernels.backend_name(torch.device(device))
         else:
             fn = reference.dma_linear_multi if impl == "reference" else compiled(reference.dma_linear_multi)
@@ -494,7 +498,8 @@ def measure(benchmark, request, setup_cache, floor_times):
             info.update(median_s=median, min_s=fastest)
             if param.impl == "floor":
                 floor_times[param.floor_key()] = (median, fastest)
-                info.update(floor_median_s=median, ratio_to_floor=1.0, floor_source="same run")
+                info.update(floor_median_s=median, ratio_to_floor=1.0, ratio_min_to_floor=1.0,
+                            floor_source="same run")
             else:
                 source = "same run"
                 if param.floor_key() not in floor_times:  # floor deselected (-k): time it here
