@@ -18,6 +18,7 @@ class RunConfig:
     preset: str = "petal"
     petal: Optional[dict] = None        # a full PetalConfig dict; overrides preset
     families: Optional[list] = None     # synthetic data: question families to train and evaluate on
+    domain: str = "standard"            # synthetic data: "standard" or "rotated" (colour channels rotated)
     epochs: float = 5.0
     max_steps: Optional[int] = None
     lr: float = 2e-5

@@ -283,9 +283,15 @@ def train_model(model: torch.nn.Module, dataset: Dataset, collator: Callable, se
 
     if output_dir is not None:
         output_dir = Path(output_dir)
+        earlier = latest_checkpoint(output_dir)
+        if not resume and earlier is not None:
+            raise ValueError(f"{output_dir} holds checkpoints of an earlier run ({earlier.name}); resume it "
+                             "(resume=True, --resume) or choose another output directory")
         if accelerator.is_main_process:
             output_dir.mkdir(parents=True, exist_ok=True)
             _clean_temporaries(output_dir)
+            if not resume and (output_dir / "metrics.jsonl").exists():
+                (output_dir / "metrics.jsonl").unlink()
     if resume:
         ckpt = latest_checkpoint(output_dir)
         if ckpt is None:

@@ -53,6 +53,16 @@ def test_synthetic_answers_match_the_scene():
         assert spatial["answers"] == [expected]
 
 
+def test_synthetic_rotated_domain_rotates_colour_channels():
+    std = SyntheticShapes("test", num_scenes=3, families=("colour",))
+    rot = SyntheticShapes("test", num_scenes=3, families=("colour",), domain="rotated")
+    for a, b in zip(std, rot):
+        assert a["answers"] == b["answers"] and a["question"] == b["question"]
+        assert torch.equal(b["image"], a["image"][[1, 2, 0]])
+    with pytest.raises(ValueError, match="domain"):
+        SyntheticShapes("test", 2, domain="sepia")
+
+
 def test_synthetic_bad_arguments():
     with pytest.raises(ValueError, match="split"):
         SyntheticShapes("dev")

@@ -24,6 +24,14 @@ def _patched(adapter_seed=0):
     return model, tok
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is faster, and keeps a shared machine usable
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data():
     return SyntheticShapes("train", num_scenes=8, families=("spatial", "colour"))
@@ -44,15 +52,19 @@ def _adapter(model):
 
 
 def test_a_few_steps_lower_the_loss(data):
-    model, tok = _patched()
+    model, tok = build_embedded_model(seed=0, spec=SPEC)
+    no_sib = SMALL.to_dict()
+    no_sib["sib"]["enabled"] = False
+    no_sib = petal.PetalConfig.from_dict(no_sib)
+    petal.patch(model, no_sib)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     batch = model_inputs(_collator(tok)(list(data)))
     with torch.no_grad():
-        before = model(**batch).lm_loss.item()
-    result = train_model(model, data, _collator(tok), _settings(max_steps=8, batch_size=16, lr=2e-2))
+        before = model(**batch).loss.item()
+    result = train_model(model, data, _collator(tok), _settings(max_steps=12, batch_size=16, lr=2e-2))
     with torch.no_grad():
-        after = model(**batch).lm_loss.item()
-    assert result.step == 8 and len(result.losses) == 8
+        after = model(**batch).loss.item()
+    assert result.step == 12 and len(result.losses) == 12
     assert after < before - 0.05, (before, after)
     params = dict(model.named_parameters())
     assert frozen and all(torch.equal(params[n], v) for n, v in frozen.items())
@@ -146,6 +158,10 @@ def test_cli_train_then_eval(tmp_path, base_dir, capsys):
     assert json.loads((run / "run.json").read_text())["max_steps"] == 3
     assert latest_checkpoint(run).name == "step-00000003"
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4  # 3 steps + the final eval
+
+    with pytest.raises(SystemExit) as e:  # a fresh run never overwrites an earlier run's checkpoints
+        main(["train", "--config", str(config), "--output-dir", str(run), "--no-progress"])
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
 
     code = main(["train", "--output-dir", str(run), "--resume", "--max-steps", "4", "--no-progress"])
     assert code == 0 and latest_checkpoint(run).name == "step-00000004"

@@ -218,14 +218,15 @@ class FolderDataset(Dataset):
 
 
 def load_data(spec: str, split: str, limit: Optional[int] = None, seed: int = 0,
-              synthetic_families: Optional[tuple] = None, image_size: int = 32) -> Dataset:
+              synthetic_families: Optional[tuple] = None, image_size: int = 32,
+              synthetic_domain: str = "standard") -> Dataset:
     """``synthetic``, a hub source name, or a folder path -> a data set of records."""
     _check_split(split)
     if spec == "synthetic":
         from .synthetic import FAMILIES, SyntheticShapes
 
         return SyntheticShapes(split, num_scenes=limit, seed=seed, families=synthetic_families or FAMILIES,
-                               image_size=image_size)
+                               image_size=image_size, domain=synthetic_domain)
     if spec in HUB_SOURCES:
         return load_hub(spec, split, limit=limit)
     if Path(spec).is_dir():

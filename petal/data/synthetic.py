@@ -8,6 +8,10 @@ grey background, one beside or above the other. A scene yields records of severa
 * ``shape``    — "what shape is the red object?" → "circle"
 * ``spatial``  — "what colour is the left shape?" → "red" (needs where a shape is, not what it is)
 
+A *domain* changes the camera: ``"standard"``, or ``"rotated"`` where the colour channels come out
+rotated (R, G, B → G, B, R: red objects look blue, ...) — the same scenes and answers, a shifted input
+distribution for adaptation experiments.
+
 Records use the common format of :mod:`petal.data.sources`: ``{"id", "image", "task", "family",
 "question", "answers"}`` with ``task`` ``"caption"`` or ``"vqa"``.
 
@@ -43,6 +47,8 @@ RELATIONS = {"horizontal": ("left of", "right of"), "vertical": ("above", "below
 SIDES = {"horizontal": ("left", "right"), "vertical": ("top", "bottom")}
 FAMILIES = ("caption", "colour", "shape", "spatial")
 SPLITS = ("train", "val", "test")
+DOMAINS = ("standard", "rotated")
+GRID = 4
 DEFAULT_SIZES = {"train": 1200, "val": 200, "test": 200}
 _SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
 
@@ -67,18 +73,19 @@ class Scene:
 
 
 def _draw_scene(rng: random.Random, image_size: int) -> Scene:
+    """Shapes sit in the cells of a 4×4 grid (one cell = one 8×8 patch of the embedded ViT at size 32),
+    so a patch holds one whole shape and a small vision encoder learns them in a few hundred steps."""
     layout = rng.choice(LAYOUTS)
     shapes = tuple(rng.sample(SHAPES, 2))
     colours = tuple(rng.sample(sorted(COLOURS), 2))
-    s = image_size
-    r_lo, r_hi = max(2, s // 8), max(3, s // 5)
-    radii = (rng.randint(r_lo, r_hi), rng.randint(r_lo, r_hi))
+    cell = image_size // GRID
+    radii = (rng.randint(cell // 2 - 1, cell // 2), rng.randint(cell // 2 - 1, cell // 2))
     centres = []
-    for i, r in enumerate(radii):
-        half_lo, half_hi = (r, s // 2 - r) if i == 0 else (s // 2 + r, s - 1 - r)
-        along = rng.randint(half_lo, max(half_lo, half_hi))  # each shape stays in its own half
-        across = rng.randint(r, s - 1 - r)
-        centres.append((along, across) if layout == "horizontal" else (across, along))
+    for i in range(2):
+        along = rng.randrange(GRID // 2) + (0 if i == 0 else GRID // 2)  # first: left / top half
+        across = rng.randrange(GRID)
+        cx, cy = (along, across) if layout == "horizontal" else (across, along)
+        centres.append((cx * cell + cell // 2, cy * cell + cell // 2))
     return Scene(layout, shapes, colours, tuple(centres), radii, image_size)
 
 
@@ -155,7 +162,7 @@ class SyntheticShapes(Dataset):
     """
 
     def __init__(self, split: str = "train", num_scenes: Optional[int] = None, seed: int = 0,
-                 families: Sequence[str] = FAMILIES, image_size: int = 32):
+                 families: Sequence[str] = FAMILIES, image_size: int = 32, domain: str = "standard"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if num_scenes is None:
@@ -164,7 +171,11 @@ class SyntheticShapes(Dataset):
             raise ValueError(f"num_scenes must be a positive integer, got {num_scenes!r}")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
             raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}")
-        self.split, self.seed, self.image_size = split, seed, image_size
+        if image_size % GRID:
+            raise ValueError(f"image_size must be a multiple of {GRID}, got {image_size}")
+        if domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+        self.split, self.seed, self.image_size, self.domain = split, seed, image_size, domain
         self.families = _check_families(families)
         rng = random.Random(f"petal-synthetic/{seed}/{split}")
         self.scenes: list[Scene] = []
@@ -184,6 +195,8 @@ class SyntheticShapes(Dataset):
         self.records: list[dict] = []
         for n, scene in enumerate(self.scenes):
             image = render(scene, noise_seed=zlib.crc32(f"{seed}/{scene.key()}".encode()))
+            if domain == "rotated":
+                image = image[[1, 2, 0]].contiguous()
             for family in self.families:
                 self.records.append(self._record(n, scene, image, family, rng))
 
@@ -203,5 +216,5 @@ class SyntheticShapes(Dataset):
         return self.records[index]
 
 
-__all__ = ["CAPTION_INSTRUCTION", "COLOURS", "FAMILIES", "SHAPES", "SPLITS", "Scene", "SyntheticShapes",
-           "captions", "questions", "render", "vocabulary_texts"]
+__all__ = ["CAPTION_INSTRUCTION", "COLOURS", "DOMAINS", "FAMILIES", "SHAPES", "SPLITS", "Scene",
+           "SyntheticShapes", "captions", "questions", "render", "vocabulary_texts"]
