@@ -90,7 +90,7 @@ def build_embedded_model(tokenizer: Optional[WordTokenizer] = None, seed: int = 
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    steps: int = 400
+    steps: int = 800
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01

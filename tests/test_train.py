@@ -192,3 +192,12 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--config", str(bad)])
     assert "learning_rate" in capsys.readouterr().err
+
+
+def test_cli_presets_lists_trainable_counts(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[3:]}
+    assert {"petal", "lora", "vl-pet-large", "petal-official"} <= set(rows)
+    counts = {name: int(line.split()[2].replace(",", "")) for name, line in rows.items()}
+    assert 0 < counts["petal-dma-only"] < counts["petal-no-sib"] < counts["petal"]
