@@ -276,13 +276,10 @@ def _dma_setup(op: str, impl: str, device: str, dtype: str, M: int, K: int, N: i
         scales = [rand(R, std=0.1, mean=1.0, grad=True) for _ in range(J)]
         params = [down, *ups, *scales]
         if impl == "petal":
-            fused = petal_kernels.dma_linear_multi if multi else petal_kernels.dma_linear
-            if multi:
-                def forward():
-                    return fused(x, weights, biases, down, ups, scales)
-            else:
-                def forward():
-                    return (fused(x, weights[0], biases[0], down, ups[0], scales[0]),)
+            def forward():
+                if multi:
+                    return petal_kernels.dma_linear_multi(x, weights, biases, down, ups, scales)
+                return (petal_kernels.dma_linear(x, weights[0], biases[0], down, ups[0], scales[0]),)
             backend = petal_kernels.backend_name(torch.device(device))
         elif impl == "petal_p0.1":
             def forward():  # dropout on the shared bottleneck t, folded into per-row scales

@@ -3,7 +3,8 @@
     python bench/report.py [RUN.json ...] [--out docs]
 
 Without paths it reads the newest JSON under ``.benchmarks/`` (``--benchmark-autosave``). Several
-files are merged (e.g. a CPU run and a CUDA run); each file's machine is listed. The tables show
+files are merged (e.g. a CPU run and a CUDA run; a later file's result replaces an earlier one for
+the same case); each file's machine is listed. The tables show
 median times, each implementation's ratio to the floor (the frozen layers alone, same run), TFLOP/s,
 bytes saved for backward and peak memory; the targets of issue #5 are checked and a miss is stated.
 
@@ -64,8 +65,11 @@ def load_runs(paths: Iterable[Path]) -> list[dict]:
 
 
 def records(runs: list[dict]) -> list[dict]:
-    """One flat dict per benchmark: its extra_info, plus the median/min from its stats."""
-    out = []
+    """One flat dict per benchmark: its extra_info, plus the median/min from its stats.
+
+    When several files hold the same case (op, device, dtype, shape, impl, mode), the later file wins.
+    """
+    out: OrderedDict[tuple, dict] = OrderedDict()
     for run in runs:
         for b in run["benchmarks"]:
             info = dict(b.get("extra_info") or {})
@@ -76,9 +80,13 @@ def records(runs: list[dict]) -> list[dict]:
             info.setdefault("min_s", stats.get("min"))
             info["rounds"] = stats.get("rounds")
             info["name"] = b.get("name", "")
-            out.append(info)
-    _fill_ratios(out)
-    return out
+            info["source"] = Path(run["_path"]).name
+            key = (*_case_key(info), info.get("impl"), info.get("mode"))
+            out.pop(key, None)
+            out[key] = info
+    recs = list(out.values())
+    _fill_ratios(recs)
+    return recs
 
 
 def dims_of(r: dict) -> tuple:

@@ -144,6 +144,23 @@ def test_report_says_not_run_for_missing_results(tmp_path):
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_report_merges_files_later_results_win(tmp_path):
+    first, second = _fabricated_run(), _fabricated_run()
+    for b in second["benchmarks"]:
+        if b["extra_info"]["op"] == "qformer_step" and b["extra_info"]["impl"] == "petal":
+            b["stats"]["median"] = 2.0  # petal now 0.87x full, 1.49x lora: both targets missed
+    second["benchmarks"] = [b for b in second["benchmarks"] if b["extra_info"]["op"] == "qformer_step"]
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, run in zip(paths, (first, second)):
+        path.write_text(json.dumps(run))
+    recs = report.records(report.load_runs(paths))
+    steps = [r for r in recs if r["op"] == "qformer_step" and r["impl"] == "petal"]
+    assert len(steps) == 1 and steps[0]["median_s"] == 2.0 and steps[0]["source"] == "b.json"
+    assert len([r for r in recs if r["op"] == "dma_linear_multi"]) == 9  # kept from the first file
+    verdicts = {t: v for t, _, v in report.check_targets(recs)}
+    assert verdicts["Q-Former step, preset `petal` ≤ 0.85× the peft LoRA step"] == "MISSED"
+
+
 def test_report_finds_the_newest_autosave_and_rejects_other_json(tmp_path):
     old, new = tmp_path / "Linux" / "0001_a.json", tmp_path / "Linux" / "0002_b.json"
     old.parent.mkdir()
