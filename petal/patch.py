@@ -27,6 +27,7 @@ class PatchState:
     family: str
     handles: list = field(default_factory=list)
     added: list = field(default_factory=list)
+    attributes: list = field(default_factory=list)  # plain (non-module) attributes set on the model
     requires_grad: dict = field(default_factory=dict)
     wrapped: list = field(default_factory=list)
 
@@ -159,7 +160,10 @@ def _apply(model: nn.Module, cfg: PetalConfig, family: str, state: PatchState) -
         else:
             patch_qformer(model, cfg, state, "")
     elif cfg.method == "lora":
+        had_peft_config = hasattr(model, "peft_config")
         baselines.patch_lora(model, cfg.lora)
+        if not had_peft_config and hasattr(model, "peft_config"):  # set by peft's injection
+            state.attributes.append("peft_config")
     elif cfg.method == "head":
         baselines.patch_head(model)
     elif cfg.method == "full":
@@ -193,6 +197,9 @@ def unpatch(model: nn.Module) -> nn.Module:
         outer = [(n, m) for n, m in layers if not any(n.startswith(o + ".") for o in names if o != n)]
         for name, module in outer:
             _replace(model, name, module.base_layer)
+    for name in state.attributes:
+        if hasattr(model, name):
+            object.__delattr__(model, name)
     for name in reversed(state.added):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

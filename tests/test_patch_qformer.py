@@ -142,6 +142,7 @@ def test_baselines_lora_head_full():
     assert any("crossattention.attention.key.lora_A" in n for n in names)
     petal.unpatch(model)
     assert not any("lora" in n for n, _ in model.named_parameters())
+    assert not hasattr(model, "peft_config"), "peft's bookkeeping must go with the LoRA layers"
 
     petal.patch(model, PetalConfig.from_preset("head"))
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
