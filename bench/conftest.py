@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import statistics
 import time
 from typing import Any, Callable, Sequence
@@ -66,6 +67,9 @@ def bench_scale(config) -> str:
 
 def pytest_configure(config):
     torch.set_num_threads(THREADS)
+    json_path = config.getoption("benchmark_json", default=None)
+    if json_path:  # pytest-benchmark writes it at the very end and does not create its directory
+        pathlib.Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     import torch._dynamo as dynamo
 
     # one compiled graph per benchmarked shape; the default limit would silently fall back to eager
