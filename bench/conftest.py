@@ -155,8 +155,10 @@ def gated_shapes(scale: str, device: str) -> list[dict[str, Any]]:
         dims = [(rows, d) for d in (QFORMER_D, LLM_D) for rows in (512, 2048, 8192)]
     else:
         dims = [(2048, QFORMER_D)] if device == "cpu" else [(8192, QFORMER_D), (8192, LLM_D)]
-    return [dict(B=rows // TOKENS_PER_EXAMPLE, T=TOKENS_PER_EXAMPLE, d=d, g=g)
-            for rows, d in dims for g in GRANULARITIES]
+    # p=0.1 is training as VL-PET runs it (both forms pay the same mask generation);
+    # p=0 isolates the epilogue itself
+    return [dict(B=rows // TOKENS_PER_EXAMPLE, T=TOKENS_PER_EXAMPLE, d=d, g=g, p=p)
+            for rows, d in dims for g in GRANULARITIES for p in (0.0, VLPET_DROPOUT)]
 
 
 def block_shapes(scale: str, device: str) -> list[dict[str, Any]]:
@@ -346,8 +348,9 @@ def _floor_setup(rand: _Rand, B: int, T: int, d: int) -> Setup:
 
 
 def setup_gated_residual(impl: str, device: str, dtype: str, B: int, T: int, d: int, g: str,
-                         dropout: float = VLPET_DROPOUT) -> Setup:
-    """VL-PET's epilogue on ``(B, T, d)`` rows at granularity ``g`` (dropout as in training)."""
+                         p: float = VLPET_DROPOUT) -> Setup:
+    """VL-PET's epilogue on ``(B, T, d)`` rows at granularity ``g``, dropout ``p`` as in training."""
+    dropout = p
     rand = _Rand(device, dtype)
     if impl == "floor":
         return _floor_setup(rand, B, T, d)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 MODES = ("forward", "backward", "full")
-DIM_KEYS = ("M", "K", "N", "R", "J", "B", "T", "d", "g")
+DIM_KEYS = ("M", "K", "N", "R", "J", "B", "T", "d", "g", "p")
 IMPL_ORDER = ("floor", "petal", "petal_p0.1", "reference", "compile", "lora", "lora_p0.1", "official",
               "unfused")
 STEP_ORDER = ("full", "lora", "petal", "petal-official", "vl-pet-large")
@@ -260,14 +260,15 @@ def check_targets(recs: list[dict]) -> list[tuple[str, str, str]]:
     gated = [r for r in recs if r["op"] == "gated_residual" and r.get("device") == "cpu"
              and r.get("mode") == "full" and r.get("impl") == "petal"]
     for p in gated:
-        dims = {k: p[k] for k in ("B", "T", "d", "g")}
+        dims = {k: p[k] for k in ("B", "T", "d", "g", "p") if k in p}
         u = _find(recs, op="gated_residual", device="cpu", mode="full", impl="unfused", **dims)
         if not (u and u.get("median_s") and p.get("median_s")):
             continue
         speedup = u["median_s"] / p["median_s"]
         fewer = p.get("saved_bytes", math.inf) < u.get("saved_bytes", -1)
         verdict = "met" if speedup >= 2.0 and fewer else "MISSED"
-        out.append((f"`gated_residual` {p['g']} (rows={p['B'] * p['T']}, d={p['d']}) ≥ 2× faster "
+        out.append((f"`gated_residual` {p['g']} (rows={p['B'] * p['T']}, d={p['d']}, "
+                    f"dropout {p.get('p', '?')}) ≥ 2× faster "
                     "fwd+bwd than unfused VL-PET, fewer saved bytes",
                     f"{speedup:.2f}× faster; saved {fmt_mib(p.get('saved_bytes'))} vs "
                     f"{fmt_mib(u.get('saved_bytes'))} MiB", verdict))
