@@ -28,3 +28,17 @@ class AdapterWrapper(nn.Module):
 
     def unmerge(self) -> None:
         raise TypeError(f"{type(self).__name__} has no static update to unmerge")
+
+
+def run_forward_hooks(module: nn.Module, args: tuple, kwargs: dict, output):
+    """Fire ``module``'s forward hooks although a wrapper computed its output instead of its ``forward``,
+    so observers registered on it (``transformers``' ``output_attentions`` recorders) still see it.
+    Forward pre-hooks do not run."""
+    for hook_id, hook in module._forward_hooks.items():
+        if module._forward_hooks_with_kwargs.get(hook_id, False):
+            result = hook(module, args, kwargs, output)
+        else:
+            result = hook(module, args, output)
+        if result is not None:
+            output = result
+    return output

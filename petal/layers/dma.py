@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 import petal_kernels
 
-from .base import AdapterWrapper
+from .base import AdapterWrapper, run_forward_hooks
 
 MODALITIES = ("query", "instruction", "image")
 QUERY_LENGTH_KWARG = "petal_query_length"
@@ -76,19 +76,6 @@ def _key_weights(mask, length: int) -> Optional[Tensor]:
         return None
     row = mask[:, 0, 0, :]
     return row.float() if row.dtype == torch.bool else (row == 0).float()
-
-
-def _run_forward_hooks(module: nn.Module, args: tuple, kwargs: dict, output):
-    """Fire the forward hooks of ``module`` (whose ``forward`` the wrapper replaces), so observers
-    registered on it (``transformers``' ``output_attentions`` recorders) still see its output."""
-    for hook_id, hook in module._forward_hooks.items():
-        if module._forward_hooks_with_kwargs.get(hook_id, False):
-            result = hook(module, args, kwargs, output)
-        else:
-            result = hook(module, args, output)
-        if result is not None:
-            output = result
-    return output
 
 
 def _attention_module_globals(module: nn.Module):
@@ -247,7 +234,7 @@ class DMAAttention(DelegatingWrapper):
             base, q, k, v, mask, dropout=0.0 if not self.training else base.attention_dropout,
             scaling=base.scaling, **kwargs)
         attn_output = attn_output.reshape(*attn_output.shape[:2], -1).contiguous()
-        return _run_forward_hooks(base, (hidden_states,), {}, (attn_output, attn_weights))
+        return run_forward_hooks(base, (hidden_states,), {}, (attn_output, attn_weights))
 
     # ------------------------------------------------------------------ merge
 

@@ -27,26 +27,9 @@ from transformers.models.t5.modeling_t5 import (
     T5Stack,
 )
 
-from ..layers.base import AdapterWrapper
+from ..layers.base import AdapterWrapper, run_forward_hooks
 from ..layers.gated_adapter import GatedAdapter, ParallelAdapterLinear, adapter_dtype
 from ..vl_pet_config import VLPetConfig
-
-
-def _run_forward_hooks(module: nn.Module, args: tuple, kwargs: dict, output):
-    """Fire ``module``'s forward hooks although its ``forward`` was not called.
-
-    The wrappers compute what the wrapped sublayer computes from its children; hooks that observe the
-    sublayer (``transformers``' output recorders for ``output_attentions``) stay on it and still fire.
-    Forward pre-hooks on the wrapped sublayer do not run (register them on the wrapper instead).
-    """
-    for hook_id, hook in module._forward_hooks.items():
-        if module._forward_hooks_with_kwargs.get(hook_id, False):
-            result = hook(module, args, kwargs, output)
-        else:
-            result = hook(module, args, output)
-        if result is not None:
-            output = result
-    return output
 
 
 class _GatedSublayer(AdapterWrapper):
@@ -77,7 +60,7 @@ class T5GatedSelfAttention(_GatedSublayer):
         if base._forward_hooks:
             call_kwargs = dict(kwargs, attention_mask=attention_mask, position_bias=position_bias,
                                past_key_values=past_key_values)
-            output = _run_forward_hooks(base, (hidden_states,), call_kwargs, output)
+            output = run_forward_hooks(base, (hidden_states,), call_kwargs, output)
         return output
 
 
@@ -89,7 +72,7 @@ class T5GatedFF(_GatedSublayer):
         h = base.DenseReluDense(base.layer_norm(hidden_states))
         out = self.vl_pet(hidden_states, h, self.dropout_rate())
         if base._forward_hooks:
-            out = _run_forward_hooks(base, (hidden_states,), {}, out)
+            out = run_forward_hooks(base, (hidden_states,), {}, out)
         return out
 
 
