@@ -6,7 +6,8 @@ import re
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_snippets_run():
+def test_readme_snippets_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the snippets may write files (an adapter under runs/)
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert blocks, "README has no python snippet"
     for code in blocks:
