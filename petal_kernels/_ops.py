@@ -249,6 +249,16 @@ def _gate_canon(x, gate_logits, gate_weight, gate_bias, gate_vector, dropout_mas
     return flat(gate_logits), vec(gate_weight), vec(gate_bias), vec(gate_vector), flat(dropout_mask)
 
 
+def _dx_is_dout(granularity: str) -> bool:
+    """Gates that do not read x: dL/dx is dout itself, returned by the autograd formula (a custom op's
+    outputs may not alias its inputs, so the backward op returns an empty dx instead of a copy)."""
+    return granularity in ("large", "middleY")
+
+
+def _du_is_dh(adapter_scale: float) -> bool:
+    return adapter_scale == 1.0
+
+
 def _batch(x: Tensor, granularity: str) -> int:
     return x.shape[0] if granularity == "small" else 0
 
@@ -292,12 +302,16 @@ def gated_residual_backward_op(
         _batch(x, granularity), stat,
     )
     dx, dh, du, d_logits, d_weight, d_bias, d_vector = grads
+    if _dx_is_dout(granularity):
+        dx = None
+    if _du_is_dh(adapter_scale):
+        du = None
 
     def out(g, shape):
         return x.new_empty(0) if g is None else g.reshape(shape)
 
     return (
-        dx.reshape(x.shape), dh.reshape(x.shape), du.reshape(x.shape),
+        out(dx, x.shape), dh.reshape(x.shape), out(du, x.shape),
         out(d_logits, x.shape),
         out(d_weight, (-1,)),
         out(d_bias, () if gate_bias is None else gate_bias.shape),
@@ -311,7 +325,8 @@ def _(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_w
     def like(t):
         return x.new_empty(0) if t is None else t.new_empty(t.shape)
 
-    return (x.new_empty(x.shape), x.new_empty(x.shape), x.new_empty(x.shape), like(gate_logits),
+    return (x.new_empty(0) if _dx_is_dout(granularity) else x.new_empty(x.shape), x.new_empty(x.shape),
+            x.new_empty(0) if _du_is_dh(adapter_scale) else x.new_empty(x.shape), like(gate_logits),
             like(gate_weight), like(gate_bias), like(gate_vector))
 
 
@@ -331,6 +346,11 @@ def _gated_backward(ctx, dout, _dstat):
     it = iter(present)
     gates = [next(it) if has else None for has in ctx.present]
     dx, dh, du, *d_gates = gated_residual_backward_op(dout, x, h, u, *ctx.args, *gates, stat)
+    granularity, adapter_scale, _ = ctx.args
+    if _dx_is_dout(granularity):
+        dx = dout
+    if _du_is_dh(adapter_scale):
+        du = dh
     d_gates = [dg if need else None for need, dg in zip(ctx.needs, d_gates)]
     return (dx, dh, du, None, None, None, *d_gates, None)
 

@@ -72,8 +72,9 @@ def test_non_contiguous_and_2d(backend_name, granularity):
 
 @pytest.mark.parametrize("backend_name", [b for b in CPU_BACKENDS if b != "triton"])
 @pytest.mark.parametrize("granularity", pk.GRANULARITIES)
-def test_gradcheck(backend_name, granularity):
-    inputs = make_inputs(granularity, (2, 3, 5), seed=2)
+@pytest.mark.parametrize("adapter_scale", [0.7, 1.0])  # 1.0: du is dh itself (not written by the op)
+def test_gradcheck(backend_name, granularity, adapter_scale):
+    inputs = make_inputs(granularity, (2, 3, 5), seed=2, scales=(adapter_scale, 0.3))
     names = grad_names(inputs)
     fixed = {k: v for k, v in inputs.items() if k not in names}
     with pk.use_backend(backend_name):
@@ -82,10 +83,11 @@ def test_gradcheck(backend_name, granularity):
 
 
 @pytest.mark.parametrize("granularity", pk.GRANULARITIES)
-def test_opcheck(granularity):
+@pytest.mark.parametrize("adapter_scale", [0.5, 1.0])
+def test_opcheck(granularity, adapter_scale):
     i = make_inputs(granularity, (2, 4, 6), seed=3)
-    args = (i["x"], i["h"], i["u"], granularity, 0.5, 2.0, i.get("gate_logits"), i.get("gate_weight"),
-            i.get("gate_bias"), i.get("gate_vector"), i.get("dropout_mask"))
+    args = (i["x"], i["h"], i["u"], granularity, adapter_scale, 2.0, i.get("gate_logits"),
+            i.get("gate_weight"), i.get("gate_bias"), i.get("gate_vector"), i.get("dropout_mask"))
     torch.library.opcheck(torch.ops.petal.gated_residual.default, args)
 
 
@@ -108,6 +110,19 @@ def test_small_gate_is_per_example():
     out2 = pk.gated_residual(**i)
     assert torch.equal(out[0], out2[0])
     assert not torch.allclose(out[1], out2[1])
+
+
+def test_backward_returns_dout_and_dh_without_copies():
+    """large/middleY: dL/dx is dout; adapter_scale 1: dL/du is dL/dh. The op hands those tensors
+    through instead of writing copies (the grads still equal the reference's)."""
+    i = make_inputs("large", (2, 3, 8), mask=False, scales=(1.0, 0.3))
+    out = pk.gated_residual(**i)
+    dout = torch.randn_like(out)
+    dx, dh, du = torch.autograd.grad(out, [i["x"], i["h"], i["u"]], dout)
+    assert dx.data_ptr() == dout.data_ptr() and du.data_ptr() == dh.data_ptr()
+    r = ref.gated_residual(**i)
+    rx, rh, ru = torch.autograd.grad(r, [i["x"], i["h"], i["u"]], dout)
+    assert rel_err(dx, rx) < 1e-12 and rel_err(dh, rh) < 1e-12 and rel_err(du, ru) < 1e-12
 
 
 class _Gate(torch.nn.Module):

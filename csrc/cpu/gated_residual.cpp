@@ -224,7 +224,7 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
   // dh = dh2, du = a_s * dh2.
   auto store_h_grads = [&](int64_t off, const Vec& dh2, int64_t n) {
     io::store(g.dh + off, dh2, n);
-    io::store(g.du + off, petal::adapter_u_grad(dh2, r.a_s), n);
+    if (g.du) io::store(g.du + off, petal::adapter_u_grad(dh2, r.a_s), n);
   };
 
   if (gate == Gate::large) {
@@ -236,7 +236,7 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
         const Vec e = r.upstream(dout, off, n);
         store_h_grads(off, petal::gate_h2_grad(e, G), n);
         io::store(g.d_logits + off, petal::large_logit_grad(e, hv, G), n);
-        io::store(g.dx + off, io::load(dout + off, n), n);
+        if (g.dx) io::store(g.dx + off, io::load(dout + off, n), n);
       });
     });
     return;
@@ -253,7 +253,7 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
           const Vec e = r.upstream(dout, off, n);
           store_h_grads(off, petal::gate_h2_grad(e, petal::gate_middle_y(io::load(r.vector + i, n))), n);
           Wide<scalar_t>(petal::gate_score_term(e, r.h2(off, n))).add_to(part + i);
-          io::store(g.dx + off, io::load(dout + off, n), n);
+          if (g.dx) io::store(g.dx + off, io::load(dout + off, n), n);
         });
       }
     });
@@ -406,7 +406,11 @@ gated_residual_backward(const at::Tensor& dout, const at::Tensor& x, const at::T
     TORCH_CHECK(stat.is_contiguous() && stat.numel() == x.size(0) && stat.scalar_type() == x.scalar_type(),
                 "petal_C: stat must hold one ", x.scalar_type(), " score per row (", x.size(0), "), got ",
                 stat.sizes());
-  at::Tensor dx = at::empty_like(x), dh = at::empty_like(x), du = at::empty_like(x);
+  // dx = dout (large, middleY) and du = dh (adapter_scale 1) are not written: the autograd formula
+  // returns dout / dh themselves, which a custom op's outputs may not alias.
+  at::Tensor dx = row_gate ? at::empty_like(x) : x.new_empty({0});
+  at::Tensor dh = at::empty_like(x);
+  at::Tensor du = adapter_scale == 1.0 ? x.new_empty({0}) : at::empty_like(x);
   auto grad_like = [&](const std::optional<at::Tensor>& t, bool used) {
     return used ? at::empty_like(*t) : x.new_empty({0});
   };
