@@ -5,17 +5,13 @@
 
 #include <vector>
 
+#include "../aten/dma_backward.h"
 #include "cpu_kernel_utils.h"
 #include "ops.h"
 #include "petal/dma_linear.h"
 
 namespace petal_C::cpu {
 namespace {
-
-std::optional<at::Tensor> get(const OptTensorList& list, size_t j) {
-  std::optional<at::Tensor> t = list.get(j);
-  return (t.has_value() && t->defined()) ? t : std::nullopt;
-}
 
 int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(width, 1)); }
 
@@ -335,20 +331,7 @@ dma_linear_backward(at::TensorList dys, const at::Tensor& x, at::TensorList weig
   }
   at::Tensor d_down = need_down ? at::mm(dt.t(), x) : none();
 
-  at::Tensor dx = none();
-  if (need_x) {
-    dx = at::mm(dt, down);
-    for (size_t j = 0; j < J; ++j) {
-      const auto gamma = get(gammas, j);
-      if (!gamma.has_value()) {
-        dx.addmm_(dys[j], weights[j]);
-      } else if (K <= M) {  // (gamma * dy) @ W == dy @ (gamma[:, None] * W): scale the smaller operand
-        dx.addmm_(dys[j], weights[j] * gamma->unsqueeze(1));
-      } else {
-        dx.addmm_(dys[j] * *gamma, weights[j]);
-      }
-    }
-  }
+  at::Tensor dx = need_x ? accumulate_dx(dt, down, dys, weights, gammas) : none();
   return {dx, d_down, d_ups, d_scales, d_gammas};
 }
 

@@ -12,13 +12,13 @@
 #include <tuple>
 #include <vector>
 
+#include "../aten/dma_backward.h"
 #include "launchers.h"
 
 namespace petal_C::cuda {
 namespace {
 
 namespace pc = petal::cuda;
-using OptTensorList = c10::List<std::optional<at::Tensor>>;
 using OptTensor = std::optional<at::Tensor>;
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
@@ -44,11 +44,6 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
 const void* ptr(const OptTensor& t) { return t.has_value() && t->defined() ? t->data_ptr() : nullptr; }
 
 void* ptr_or_null(at::Tensor& t) { return t.defined() && t.numel() ? t.data_ptr() : nullptr; }
-
-OptTensor get(const OptTensorList& list, size_t j) {
-  OptTensor t = list.get(j);
-  return (t.has_value() && t->defined()) ? t : std::nullopt;
-}
 
 // Every tensor the kernels read: contiguous, x's dtype, on x's device.
 void check_same(const char* name, const at::Tensor& t, const at::Tensor& x) {
@@ -298,20 +293,7 @@ dma_linear_backward(at::TensorList dys, const at::Tensor& x, at::TensorList weig
     d_gammas.push_back(need_gamma && gamma ? column_dot(dys[j], *get(bases, j)) : none());
   }
   at::Tensor d_down = need_down ? at::mm(dt.t(), x) : none();
-  at::Tensor dx = none();
-  if (need_x) {
-    dx = at::mm(dt, down);
-    for (size_t j = 0; j < J; ++j) {
-      const auto gamma = get(gammas, j);
-      if (!gamma) {
-        dx.addmm_(dys[j], weights[j]);
-      } else if (K <= M) {  // (gamma * dy) @ W == dy @ (gamma[:, None] * W): scale the smaller operand
-        dx.addmm_(dys[j], weights[j] * gamma->unsqueeze(1));
-      } else {
-        dx.addmm_(dys[j] * *gamma, weights[j]);
-      }
-    }
-  }
+  at::Tensor dx = need_x ? accumulate_dx(dt, down, dys, weights, gammas) : none();
   return {dx, d_down, d_ups, d_scales, d_gammas};
 }
 
