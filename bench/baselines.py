@@ -110,13 +110,6 @@ def vlpet_epilogue(x: Tensor, h: Tensor, u: Tensor, granularity: str, adapter_sc
     return x + gate_scale * F.dropout(g * h2, dropout, training)
 
 
-def dropout_mask(like: Tensor, p: float) -> Tensor | None:
-    """A dropout mask already scaled by 1/(1-p), as ``petal_kernels.gated_residual`` takes it."""
-    if p == 0.0:
-        return None
-    return torch.empty_like(like).bernoulli_(1.0 - p).div_(1.0 - p)
-
-
 class VLPetLargeAdapter(nn.Module):
     """VL-PET-large on one sublayer: ``out = x + s_g * dropout(G ⊙ (h + s_a * up(φ(down(h)))))``.
 
@@ -139,8 +132,8 @@ class VLPetLargeAdapter(nn.Module):
         u = self.up(gelu_new(self.down(h)))
         logits = self.gate_up(gelu_new(self.gate_down(x)))
         if self.fused:
-            mask = dropout_mask(x, self.p) if self.training else None
+            p = self.p if self.training else 0.0
             return petal_kernels.gated_residual(x, h, u, "large", self.adapter_scale, self.gate_scale,
-                                                gate_logits=logits, dropout_mask=mask)
+                                                gate_logits=logits, dropout_p=p)
         return vlpet_epilogue(x, h, u, "large", self.adapter_scale, self.gate_scale, gate_logits=logits,
                               dropout=self.p, training=self.training)

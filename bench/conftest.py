@@ -359,9 +359,8 @@ def setup_gated_residual(impl: str, device: str, dtype: str, B: int, T: int, d: 
     inputs = [x, h, u, *gates.values()]
     scales = {"adapter_scale": 1.0, "gate_scale": VLPET_GATE_SCALE}
     if impl == "petal":
-        def forward():
-            mask = baselines.dropout_mask(x, dropout)
-            return (petal_kernels.gated_residual(x, h, u, g, **scales, **gates, dropout_mask=mask),)
+        def forward():  # dropout made inside the kernel, as petal's VL-PET layers use it
+            return (petal_kernels.gated_residual(x, h, u, g, **scales, **gates, dropout_p=dropout),)
         backend = petal_kernels.backend_name(torch.device(device))
     elif impl in ("unfused", "compile"):
         fn = baselines.vlpet_epilogue if impl == "unfused" else compiled(baselines.vlpet_epilogue)

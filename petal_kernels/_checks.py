@@ -132,7 +132,7 @@ _GATE_ARGS = {
 
 
 def gated_residual(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
-                   gate_bias, gate_vector, dropout_mask) -> None:
+                   gate_bias, gate_vector, dropout_mask, dropout_p=0.0, dropout_seed=None) -> None:
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     tensor("x", x)
@@ -170,3 +170,25 @@ def gated_residual(x, h, u, granularity, adapter_scale, gate_scale, gate_logits,
     if dropout_mask is not None:
         tensor("dropout_mask", dropout_mask, x)
         shape("dropout_mask", dropout_mask, tuple(x.shape), "same as x")
+    dropout(dropout_mask, dropout_p, dropout_seed)
+
+
+def dropout(dropout_mask, dropout_p, dropout_seed) -> None:
+    number("dropout_p", dropout_p)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    if dropout_p > 0.0 and dropout_mask is not None:
+        raise ValueError("pass either dropout_mask (a mask made by the caller) or dropout_p (dropout "
+                         f"made in the kernel), not both; got a mask and dropout_p={dropout_p!r}")
+    if dropout_seed is None:
+        return
+    if isinstance(dropout_seed, torch.Tensor):
+        seed = dropout_seed
+        if seed.numel() != 1 or seed.dtype != torch.int64 or seed.device.type != "cpu":
+            raise ValueError("dropout_seed must be an int or a one-element int64 CPU tensor, got "
+                             f"{_desc(dropout_seed)}")
+    elif isinstance(dropout_seed, bool) or not isinstance(dropout_seed, numbers.Integral):
+        raise TypeError(f"dropout_seed must be an int or a one-element int64 CPU tensor, "
+                        f"got {type(dropout_seed).__name__} {dropout_seed!r}")
+    elif not -2 ** 63 <= dropout_seed < 2 ** 64:
+        raise ValueError(f"dropout_seed must fit in 64 bits, got {dropout_seed}")

@@ -68,23 +68,29 @@ def dma_linear_backward(dys, x, weights, down, ups, scales, gammas, t, bases, ne
 # --------------------------------------------------------------------------- gated_residual
 
 
+def _int64(seed: int) -> int:
+    """The seed's 64 bits as the signed int the schema's ``int`` holds."""
+    seed &= (1 << 64) - 1
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
+
+
 def gated_residual_forward(
     x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-    gate_vector, dropout_mask, batch,
+    gate_vector, dropout_mask, dropout_p, dropout_seed, batch,
 ):
     out, stat = _ops().gated_residual_forward(
         x, h, u, granularity, float(adapter_scale), float(gate_scale), gate_logits, gate_weight,
-        gate_bias, gate_vector, dropout_mask, int(batch))
+        gate_bias, gate_vector, dropout_mask, float(dropout_p), _int64(dropout_seed), int(batch))
     return out, stat
 
 
 def gated_residual_backward(
     dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-    gate_vector, dropout_mask, batch, stat,
+    gate_vector, dropout_mask, dropout_p, dropout_seed, batch, stat,
 ):
     dx, dh, du, d_logits, d_weight, d_bias, d_vector = _ops().gated_residual_backward(
         dout, x, h, u, granularity, float(adapter_scale), float(gate_scale), gate_logits, gate_weight,
-        gate_bias, gate_vector, dropout_mask, int(batch), stat)
+        gate_bias, gate_vector, dropout_mask, float(dropout_p), _int64(dropout_seed), int(batch), stat)
     row_gate = granularity in ("middleX", "small")
     return (
         dx, dh, du,

@@ -9,7 +9,8 @@ Ops (all return auxiliary tensors the backward reuses; the public wrappers drop 
 * ``petal::dma_linear_multi(x, weights[], biases?[], down, ups[], scales[], gammas?[]) -> (ys[], t, bases[])``
 * ``petal::dma_linear_backward(...)``
 * ``petal::gated_residual(x, h, u, granularity, adapter_scale, gate_scale, gate_logits?, gate_weight?,
-  gate_bias?, gate_vector?, dropout_mask?) -> (out, stat)``
+  gate_bias?, gate_vector?, dropout_mask?, dropout_p, dropout_seed?) -> (out, stat)``; ``dropout_seed`` is a
+  0-dim int64 CPU tensor (see ``petal_kernels.philox``), read only when ``dropout_p > 0``
 * ``petal::gated_residual_backward(...)``
 """
 
@@ -259,6 +260,13 @@ def _du_is_dh(adapter_scale: float) -> bool:
     return adapter_scale == 1.0
 
 
+def _dropout(dropout_p: float, dropout_seed: Tensor | None) -> tuple[float, int]:
+    """(p, seed) of in-kernel dropout for the canonical backends; p = 0 turns it off."""
+    if dropout_p == 0.0 or dropout_seed is None:
+        return 0.0, 0
+    return float(dropout_p), int(dropout_seed)
+
+
 def _batch(x: Tensor, granularity: str) -> int:
     return x.shape[0] if granularity == "small" else 0
 
@@ -267,6 +275,7 @@ def _batch(x: Tensor, granularity: str) -> int:
 def gated_residual_op(
     x: Tensor, h: Tensor, u: Tensor, granularity: str, adapter_scale: float, gate_scale: float,
     gate_logits: Opt, gate_weight: Opt, gate_bias: Opt, gate_vector: Opt, dropout_mask: Opt,
+    dropout_p: float = 0.0, dropout_seed: Opt = None,
 ) -> tuple[Tensor, Tensor]:
     d, rows = x.shape[-1], _rows(x)
     backend = _backend_for(x, rows)
@@ -274,14 +283,14 @@ def gated_residual_op(
         x.reshape(rows, d).contiguous(), h.reshape(rows, d).contiguous(),
         u.reshape(rows, d).contiguous(), granularity, float(adapter_scale), float(gate_scale),
         *_gate_canon(x, gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask),
-        _batch(x, granularity),
+        *_dropout(dropout_p, dropout_seed), _batch(x, granularity),
     )
     return out.reshape(x.shape), stat
 
 
 @gated_residual_op.register_fake
 def _(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-      gate_vector, dropout_mask):
+      gate_vector, dropout_mask, dropout_p=0.0, dropout_seed=None):
     stat_rows = _rows(x) if granularity in ("middleX", "small") else 0
     return x.new_empty(x.shape), x.new_empty(stat_rows)
 
@@ -290,7 +299,7 @@ def _(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
 def gated_residual_backward_op(
     dout: Tensor, x: Tensor, h: Tensor, u: Tensor, granularity: str, adapter_scale: float,
     gate_scale: float, gate_logits: Opt, gate_weight: Opt, gate_bias: Opt, gate_vector: Opt,
-    dropout_mask: Opt, stat: Tensor,
+    dropout_mask: Opt, dropout_p: float, dropout_seed: Opt, stat: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     d, rows = x.shape[-1], _rows(x)
     backend = _backend_for(x, rows)
@@ -299,7 +308,7 @@ def gated_residual_backward_op(
         h.reshape(rows, d).contiguous(), u.reshape(rows, d).contiguous(), granularity,
         float(adapter_scale), float(gate_scale),
         *_gate_canon(x, gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask),
-        _batch(x, granularity), stat,
+        *_dropout(dropout_p, dropout_seed), _batch(x, granularity), stat,
     )
     dx, dh, du, d_logits, d_weight, d_bias, d_vector = grads
     if _dx_is_dout(granularity):
@@ -321,7 +330,7 @@ def gated_residual_backward_op(
 
 @gated_residual_backward_op.register_fake
 def _(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-      gate_vector, dropout_mask, stat):
+      gate_vector, dropout_mask, dropout_p, dropout_seed, stat):
     def like(t):
         return x.new_empty(0) if t is None else t.new_empty(t.shape)
 
@@ -334,8 +343,9 @@ _GATE_INPUTS = ("gate_logits", "gate_weight", "gate_bias", "gate_vector", "dropo
 
 
 def _gated_setup(ctx, inputs, output):
-    x, h, u, granularity, adapter_scale, gate_scale, *gates = inputs
+    x, h, u, granularity, adapter_scale, gate_scale, *gates, dropout_p, dropout_seed = inputs
     ctx.args = (granularity, adapter_scale, gate_scale)
+    ctx.dropout = (dropout_p, dropout_seed)
     ctx.present = [g is not None for g in gates]
     ctx.needs = [g is not None and g.requires_grad for g in gates[:4]]
     ctx.save_for_backward(x, h, u, output[1], *[g for g in gates if g is not None])
@@ -345,14 +355,14 @@ def _gated_backward(ctx, dout, _dstat):
     x, h, u, stat, *present = ctx.saved_tensors
     it = iter(present)
     gates = [next(it) if has else None for has in ctx.present]
-    dx, dh, du, *d_gates = gated_residual_backward_op(dout, x, h, u, *ctx.args, *gates, stat)
+    dx, dh, du, *d_gates = gated_residual_backward_op(dout, x, h, u, *ctx.args, *gates, *ctx.dropout, stat)
     granularity, adapter_scale, _ = ctx.args
     if _dx_is_dout(granularity):
         dx = dout
     if _du_is_dh(adapter_scale):
         du = dh
     d_gates = [dg if need else None for need, dg in zip(ctx.needs, d_gates)]
-    return (dx, dh, du, None, None, None, *d_gates, None)
+    return (dx, dh, du, None, None, None, *d_gates, None, None, None)
 
 
 gated_residual_op.register_autograd(_gated_backward, setup_context=_gated_setup)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import philox
+
 GRANULARITIES = ("large", "middleX", "middleY", "small")
 
 
@@ -56,14 +58,23 @@ def gate(granularity, x, h2, gate_logits=None, gate_weight=None, gate_bias=None,
 
 def gated_residual(
     x, h, u, granularity, adapter_scale=1.0, gate_scale=1.0, gate_logits=None,
-    gate_weight=None, gate_bias=None, gate_vector=None, dropout_mask=None,
+    gate_weight=None, gate_bias=None, gate_vector=None, dropout_mask=None, dropout_p=0.0,
+    dropout_seed=None,
 ):
     h2 = h + adapter_scale * u
     g = gate(granularity, x, h2, gate_logits, gate_weight, gate_bias, gate_vector)
     delta = g * h2
+    dropout_mask = _mask(x, dropout_mask, dropout_p, dropout_seed)
     if dropout_mask is not None:
         delta = delta * dropout_mask
     return x + gate_scale * delta
+
+
+def _mask(x, dropout_mask, dropout_p, dropout_seed):
+    """The caller's mask, or the ``philox`` mask of ``dropout_seed`` when ``dropout_p > 0``."""
+    if not dropout_p:
+        return dropout_mask
+    return philox.dropout_mask(int(dropout_seed), dropout_p, x.shape, x.dtype, x.device)
 
 
 def gelu_new(x: Tensor) -> Tensor:
@@ -137,9 +148,10 @@ def _acc(t: Tensor) -> Tensor:
 
 def gated_residual_forward(
     x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-    gate_vector, dropout_mask, batch,
+    gate_vector, dropout_mask, dropout_p, dropout_seed, batch,
 ):
     """Canonical forward on (M, d) rows; ``batch`` examples of M // batch rows each ("small").
+    Dropout is ``dropout_mask`` or, when ``dropout_p > 0``, the ``philox`` stream of ``dropout_seed``.
 
     Returns ``(out, stat)``: ``stat`` holds the pre-sigmoid gate scores the backward reuses,
     (M,) for middleX and small, empty otherwise.
@@ -150,18 +162,20 @@ def gated_residual_forward(
     if granularity == "large":
         g = torch.sigmoid(gate_logits)
     elif granularity == "middleX":
-        stat = (_acc(x + h2) @ _acc(gate_weight) + _acc(gate_bias).reshape(())).to(x.dtype)
+        h2_acc = _acc(h) + adapter_scale * _acc(u)
+        stat = ((_acc(x) + h2_acc) @ _acc(gate_weight) + _acc(gate_bias).reshape(())).to(x.dtype)
         g = torch.sigmoid(stat).unsqueeze(-1)
     elif granularity == "middleY":
         g = 1 + gate_vector
     else:
         w = _acc(gate_weight)
-        stat = _acc(x) @ w[:d] + _acc(h2) @ w[d:] + _acc(gate_bias).reshape(())
+        stat = _acc(x) @ w[:d] + (_acc(h) + adapter_scale * _acc(u)) @ w[d:] + _acc(gate_bias).reshape(())
         rows = x.shape[0] // batch if batch else 0
         g_ex = torch.sigmoid(stat).reshape(batch, rows).mean(-1).to(x.dtype)
         stat = stat.to(x.dtype)
         g = g_ex.repeat_interleave(rows).unsqueeze(-1)
     delta = g * h2
+    dropout_mask = _mask(x, dropout_mask, dropout_p, dropout_seed)
     if dropout_mask is not None:
         delta = delta * dropout_mask
     return x + gate_scale * delta, stat
@@ -169,12 +183,14 @@ def gated_residual_forward(
 
 def gated_residual_backward(
     dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-    gate_vector, dropout_mask, batch, stat,
+    gate_vector, dropout_mask, dropout_p, dropout_seed, batch, stat,
 ):
     """Returns ``(dx, dh, du, d_logits, d_weight, d_bias, d_vector)``; unused gate grads are None."""
     d = x.shape[-1]
     h2 = h + adapter_scale * u
+    h2_acc = _acc(h) + adapter_scale * _acc(u)  # the gate reductions read h2 unrounded
     e = dout * gate_scale
+    dropout_mask = _mask(x, dropout_mask, dropout_p, dropout_seed)
     if dropout_mask is not None:
         e = e * dropout_mask
     dx = dout.clone()
@@ -185,22 +201,22 @@ def gated_residual_backward(
         d_logits = e * h2 * g * (1 - g)
     elif granularity == "middleX":
         sg = torch.sigmoid(_acc(stat))
-        ds = _acc(e * h2).sum(-1) * sg * (1 - sg)  # (M,)
-        d_weight = (ds @ _acc(x + h2)).to(x.dtype)
+        ds = (_acc(e) * h2_acc).sum(-1) * sg * (1 - sg)  # (M,)
+        d_weight = (ds @ (_acc(x) + h2_acc)).to(x.dtype)
         d_bias = ds.sum().reshape(gate_bias.shape).to(x.dtype)
         sg, ds = sg.to(x.dtype), ds.to(x.dtype)
         dh2 = e * sg.unsqueeze(-1) + ds.unsqueeze(-1) * gate_weight
         dx = dx + ds.unsqueeze(-1) * gate_weight
     elif granularity == "middleY":
         dh2 = e * (1 + gate_vector)
-        d_vector = _acc(e * h2).sum(0).to(x.dtype)
+        d_vector = (_acc(e) * h2_acc).sum(0).to(x.dtype)
     else:
         rows = x.shape[0] // batch if batch else 0
         sg = torch.sigmoid(_acc(stat))
         g_ex = sg.reshape(batch, rows).mean(-1)
-        dg_ex = _acc(e * h2).sum(-1).reshape(batch, rows).sum(-1)
+        dg_ex = (_acc(e) * h2_acc).sum(-1).reshape(batch, rows).sum(-1)
         ds = (dg_ex / rows).repeat_interleave(rows) * sg * (1 - sg)  # (M,)
-        d_weight = torch.cat([ds @ _acc(x), ds @ _acc(h2)]).to(x.dtype)
+        d_weight = torch.cat([ds @ _acc(x), ds @ h2_acc]).to(x.dtype)
         d_bias = ds.sum().reshape(gate_bias.shape).to(x.dtype)
         g_ex, ds = g_ex.to(x.dtype), ds.to(x.dtype)
         dh2 = e * g_ex.repeat_interleave(rows).unsqueeze(-1) + ds.unsqueeze(-1) * gate_weight[d:]

@@ -323,9 +323,13 @@ def test_operator_rejects_bad_shapes_without_crashing():
     x = torch.randn(6, 8)
     with pytest.raises(RuntimeError, match="h must be"):
         torch.ops.petal_C.gated_residual_forward(x, torch.randn(6, 7), x, "large", 1.0, 1.0, x, None, None,
-                                                 None, None, 0)
+                                                 None, None, 0.0, 0, 0)
     with pytest.raises(ValueError, match="granularity"):
-        torch.ops.petal_C.gated_residual_forward(x, x, x, "huge", 1.0, 1.0, None, None, None, None, None, 0)
+        torch.ops.petal_C.gated_residual_forward(x, x, x, "huge", 1.0, 1.0, None, None, None, None, None,
+                                                 0.0, 0, 0)
+    with pytest.raises(RuntimeError, match="dropout_p must be in"):
+        torch.ops.petal_C.gated_residual_forward(x, x, x, "middleY", 1.0, 1.0, None, None, None, x[0], None,
+                                                 1.5, 0, 0)
     a = _canonical_dma(M=6, K=8)
     with pytest.raises(RuntimeError, match="ups"):
         torch.ops.petal_C.dma_linear_forward(x, a["weights"], a["biases"], a["down"],

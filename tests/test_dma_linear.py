@@ -197,7 +197,8 @@ def test_torch_compile_fullgraph():
         assert rel_err(p.grad, g) < 1e-5
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI checks the same examples every run (a new random case is found locally, not in CI)
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     lead=st.lists(st.integers(0, 5), min_size=1, max_size=3),
     K=st.integers(1, 24), N=st.integers(1, 24), R=st.integers(1, 9),

@@ -2,7 +2,6 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from petal.layers.gated_adapter import (
@@ -13,7 +12,7 @@ from petal.layers.gated_adapter import (
     adapter_dtype,
 )
 from petal.vl_pet_config import GRANULARITIES, VARIANTS, VLPetConfig
-from petal_kernels import reference
+from petal_kernels import philox, reference
 
 D_MODEL = 32
 CASES = list(itertools.product(GRANULARITIES, VARIANTS))
@@ -60,8 +59,8 @@ def test_training_dropout_mask_is_inverted_dropout(granularity):
     x, h = inputs()
     torch.manual_seed(7)
     out = layer(x, h, dropout_p=0.25)
-    torch.manual_seed(7)
-    mask = F.dropout(torch.ones_like(x), 0.25, training=True)
+    torch.manual_seed(7)  # the kernel's dropout stream is seeded from torch's generator
+    mask = philox.dropout_mask(int(philox.draw_seed()), 0.25, x.shape, x.dtype)
     assert set(mask.unique().tolist()) == {0.0, 1 / 0.75}
     ref = reference.gated_residual(**layer.intermediates(x, h), dropout_mask=mask)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)

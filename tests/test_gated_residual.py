@@ -154,7 +154,8 @@ def test_torch_compile_fullgraph(granularity):
     assert rel_err(out, eager) < 1e-6 and rel_err(cx, gx) < 1e-6
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI checks the same examples every run (a new random case is found locally, not in CI)
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(B=st.integers(0, 3), T=st.integers(0, 6), d=st.integers(1, 40),
        granularity=st.sampled_from(pk.GRANULARITIES), mask=st.booleans(), seed=st.integers(0, 2**16),
        # scales large enough that float32 does not underflow where float64 does not

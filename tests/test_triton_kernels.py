@@ -202,7 +202,7 @@ def gr_inputs(B, T, d, granularity, dtype, mask, seed=0):
     inp = dict(x=rand(gen, M, d, dtype=dtype), h=rand(gen, M, d, dtype=dtype), u=rand(gen, M, d, dtype=dtype),
                granularity=granularity, adapter_scale=0.7, gate_scale=1.3, gate_logits=None,
                gate_weight=None, gate_bias=None, gate_vector=None, dropout_mask=None,
-               batch=B if granularity == "small" else 0)
+               dropout_p=0.0, dropout_seed=0, batch=B if granularity == "small" else 0)
     if granularity == "large":
         inp["gate_logits"] = rand(gen, M, d, dtype=dtype)
     elif granularity == "middleX":
@@ -213,7 +213,9 @@ def gr_inputs(B, T, d, granularity, dtype, mask, seed=0):
     else:
         inp["gate_weight"] = rand(gen, 2 * d, dtype=dtype, scale=(2 * d) ** -0.5)
         inp["gate_bias"] = rand(gen, 1, dtype=dtype)
-    if mask:
+    if mask == "philox":  # dropout made in the kernel
+        inp["dropout_p"], inp["dropout_seed"] = 0.25, 2 ** 40 + seed
+    elif mask:
         keep = torch.rand(M, d, generator=gen) > 0.25
         inp["dropout_mask"] = (keep.double() / 0.75).to(dtype).to(DEVICE)
     inp["dout"] = rand(gen, M, d, dtype=dtype)
@@ -233,6 +235,9 @@ def gr_compare(inp):
     dtype = inp["x"].dtype
     ours = gr_run(triton_backend, inp)
     truth = gr_run(ref, {k: to64(v) for k, v in inp.items()})
+    if inp["granularity"] in ("large", "middleY"):  # dx = dout: not written, the op layer hands dout through
+        assert ours["dx"] is None
+        truth["dx"] = None
     for k, v in truth.items():
         assert (ours[k] is None) == (v is None), f"{k}: None mismatch"
     keep = [k for k, v in truth.items() if v is not None and v.numel()]
@@ -253,6 +258,18 @@ GR_SHAPES = {"one-row": (1, 1, 16), "pow2-width": (2, 5, 32), "odd": (3, 7, 33)}
 @pytest.mark.parametrize("shape", list(GR_SHAPES))
 def test_gated_residual_shapes_fp32(granularity, shape):
     gr_compare(gr_inputs(*GR_SHAPES[shape], granularity, torch.float32, mask=shape != "pow2-width"))
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_gated_residual_in_kernel_dropout(granularity):
+    gr_compare(gr_inputs(3, 7, 33, granularity, torch.float32, mask="philox", seed=2))
+
+
+def test_gated_residual_skips_du_when_it_is_dh():
+    inp = gr_inputs(2, 3, 16, "middleX", torch.float32, mask=False)
+    inp["adapter_scale"] = 1.0
+    res = gr_run(triton_backend, inp)
+    assert res["du"] is None and res["dx"] is not None
 
 
 @pytest.mark.parametrize("granularity", GRANULARITIES)

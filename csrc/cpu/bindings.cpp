@@ -8,12 +8,14 @@
 //                       -> (Tensor dx, Tensor d_down, Tensor[] d_ups, Tensor[] d_scales, Tensor[] d_gammas)
 //   gated_residual_forward(Tensor x, Tensor h, Tensor u, str granularity, float adapter_scale, float gate_scale,
 //                          Tensor? gate_logits, Tensor? gate_weight, Tensor? gate_bias, Tensor? gate_vector,
-//                          Tensor? dropout_mask, int batch) -> (Tensor out, Tensor stat)
+//                          Tensor? dropout_mask, float dropout_p, int dropout_seed, int batch)
+//                          -> (Tensor out, Tensor stat)
 //   gated_residual_backward(Tensor dout, <the forward's inputs>, Tensor stat)
 //                          -> (Tensor dx, Tensor dh, Tensor du, Tensor d_logits, Tensor d_weight,
 //                              Tensor d_bias, Tensor d_vector)
 // Semantics are those of petal_kernels/reference.py's canonical functions on canonical tensors (2-D contiguous
-// rows, scale (R,) or (M, R), gate_bias (1,)); a gradient that is not needed or not used is a 0-element tensor.
+// rows, scale (R,) or (M, R), gate_bias (1,)); dropout_p > 0 drops by the Philox stream of dropout_seed
+// (csrc/include/petal/philox.h) instead of a mask; a gradient that is not needed or not used is a 0-element tensor.
 // bases[j] is a 0-element tensor when gammas[j] is None. needs = (x, down, ups, scales, gammas).
 #include <Python.h>
 #include <torch/library.h>
@@ -39,11 +41,11 @@ TORCH_LIBRARY(petal_C, m) {
   m.def(
       "gated_residual_forward(Tensor x, Tensor h, Tensor u, str granularity, float adapter_scale, "
       "float gate_scale, Tensor? gate_logits, Tensor? gate_weight, Tensor? gate_bias, Tensor? gate_vector, "
-      "Tensor? dropout_mask, int batch) -> (Tensor, Tensor)");
+      "Tensor? dropout_mask, float dropout_p, int dropout_seed, int batch) -> (Tensor, Tensor)");
   m.def(
       "gated_residual_backward(Tensor dout, Tensor x, Tensor h, Tensor u, str granularity, "
       "float adapter_scale, float gate_scale, Tensor? gate_logits, Tensor? gate_weight, Tensor? gate_bias, "
-      "Tensor? gate_vector, Tensor? dropout_mask, int batch, Tensor stat) "
+      "Tensor? gate_vector, Tensor? dropout_mask, float dropout_p, int dropout_seed, int batch, Tensor stat) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

@@ -7,6 +7,7 @@
 
 #include "cpu_kernel_utils.h"
 #include "ops.h"
+#include "philox_fill.h"
 #include "petal/gated_residual.h"
 
 namespace petal_C::cpu {
@@ -38,6 +39,8 @@ struct Rows {
 
   int64_t M, d, dp;  // dp: d padded to whole vectors (layout of the red_t scratch rows)
   const scalar_t *x, *h, *u, *logits, *weight, *vector, *mask;
+  Dropout drop;        // in-kernel dropout (when there is no caller mask)
+  scalar_t keep_value;  // 1 / (1 - p) in scalar_t, as a caller's mask would hold it
   red bias;
   std::vector<red> w_wide;  // gate_weight in red_t, one padded segment per d-slice
   Vec a_s, g_s;
@@ -45,7 +48,8 @@ struct Rows {
   Rows(const at::Tensor& x_, const at::Tensor& h_, const at::Tensor& u_, double adapter_scale,
        double gate_scale, const std::optional<at::Tensor>& gate_logits,
        const std::optional<at::Tensor>& gate_weight, const std::optional<at::Tensor>& gate_bias,
-       const std::optional<at::Tensor>& gate_vector, const std::optional<at::Tensor>& dropout_mask)
+       const std::optional<at::Tensor>& gate_vector, const std::optional<at::Tensor>& dropout_mask,
+       const Dropout& dropout)
       : M(x_.size(0)),
         d(x_.size(1)),
         dp(padded<scalar_t>(x_.size(1))),
@@ -56,6 +60,8 @@ struct Rows {
         weight(ptr_or_null<scalar_t>(gate_weight)),
         vector(ptr_or_null<scalar_t>(gate_vector)),
         mask(ptr_or_null<scalar_t>(dropout_mask)),
+        drop(dropout),
+        keep_value(static_cast<scalar_t>(dropout.keep)),
         bias(gate_bias.has_value() ? static_cast<red>(gate_bias->data_ptr<scalar_t>()[0]) : red(0)),
         a_s(static_cast<acc>(adapter_scale)),
         g_s(static_cast<acc>(gate_scale)) {
@@ -65,6 +71,16 @@ struct Rows {
       for (int64_t s = 0; s < segments; ++s)
         for (int64_t i = 0; i < d; ++i) w_wide[s * dp + i] = static_cast<red>(weight[s * d + i]);
     }
+  }
+
+  // Row m of the dropout mask: the caller's, the Philox stream's (written into a per-thread row), or null.
+  const scalar_t* mask_row(int64_t m) const {
+    if (mask) return mask + m * d;
+    if (!drop.on) return nullptr;
+    thread_local std::vector<scalar_t> row;
+    row.resize(d);
+    drop.fill(m * d, d, keep_value, row.data());
+    return row.data();
   }
 
   Vec h2(int64_t off, int64_t n) const {
@@ -93,27 +109,30 @@ struct Rows {
   template <typename GateOf>
   void write_out(scalar_t* out, int64_t m, const GateOf& gate_of) const {
     const int64_t row = m * d;
+    const scalar_t* mk = mask_row(m);
     for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
       const Vec xv = io::load(x + row + i, n);
       const Vec hv = h2(row + i, n);
       const Vec g = gate_of(row + i, i, n);
-      const Vec o = mask ? petal::gated_out(xv, hv, g, g_s, io::load(mask + row + i, n))
-                         : petal::gated_out(xv, hv, g, g_s);
+      const Vec o = mk ? petal::gated_out(xv, hv, g, g_s, io::load(mk + i, n)) : petal::gated_out(xv, hv, g, g_s);
       io::store(out + row + i, o, n);
     });
   }
 
-  Vec upstream(const scalar_t* dout, int64_t off, int64_t n) const {
+  // e at dout + off; mk: the mask at the same element (a row's mask_row + column) or null.
+  Vec upstream(const scalar_t* dout, int64_t off, int64_t n, const scalar_t* mk) const {
     const Vec dv = io::load(dout + off, n);
-    return mask ? petal::upstream(dv, g_s, io::load(mask + off, n)) : petal::upstream(dv, g_s);
+    return mk ? petal::upstream(dv, g_s, io::load(mk, n)) : petal::upstream(dv, g_s);
   }
 
   // Σ_row e * h2 of row m in red_t: dL/dG for a row gate.
   red gate_grad_sum(const scalar_t* dout, int64_t m) const {
     RVec sum(red(0));
     const int64_t row = m * d;
+    const scalar_t* mk = mask_row(m);
     for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
-      sum = sum + Wide<scalar_t>(petal::gate_score_term(upstream(dout, row + i, n), h2(row + i, n))).sum();
+      const Vec e = upstream(dout, row + i, n, mk ? mk + i : nullptr);
+      sum = sum + Wide<scalar_t>(petal::gate_score_term(e, h2(row + i, n))).sum();
     });
     return hsum(sum);
   }
@@ -229,15 +248,20 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
 
   if (gate == Gate::large) {
     at::parallel_for(0, M, row_grain(d), [&](int64_t m0, int64_t m1) {
-      for_each_vec<Vec>((m1 - m0) * d, [&](int64_t i, int64_t n) {
-        const int64_t off = m0 * d + i;
-        const Vec hv = r.h2(off, n);
-        const Vec G = petal::gate_large(io::load(r.logits + off, n));
-        const Vec e = r.upstream(dout, off, n);
-        store_h_grads(off, petal::gate_h2_grad(e, G), n);
-        io::store(g.d_logits + off, petal::large_logit_grad(e, hv, G), n);
-        if (g.dx) io::store(g.dx + off, io::load(dout + off, n), n);
-      });
+      // without dropout the chunk's rows are one flat run; with it, row by row (the mask is per row)
+      const bool flat = !r.mask && !r.drop.on;
+      for (int64_t m = m0; m < (flat ? m0 + 1 : m1); ++m) {
+        const scalar_t* mk = flat ? nullptr : r.mask_row(m);
+        for_each_vec<Vec>((flat ? m1 - m0 : 1) * d, [&](int64_t i, int64_t n) {
+          const int64_t off = m * d + i;
+          const Vec hv = r.h2(off, n);
+          const Vec G = petal::gate_large(io::load(r.logits + off, n));
+          const Vec e = r.upstream(dout, off, n, mk ? mk + i : nullptr);
+          store_h_grads(off, petal::gate_h2_grad(e, G), n);
+          io::store(g.d_logits + off, petal::large_logit_grad(e, hv, G), n);
+          if (g.dx) io::store(g.dx + off, io::load(dout + off, n), n);
+        });
+      }
     });
     return;
   }
@@ -248,9 +272,10 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
     for_each_chunk(M, chunks, [&](int64_t c, int64_t m0, int64_t m1) {
       red* part = dvec.chunk(c);
       for (int64_t m = m0; m < m1; ++m) {
+        const scalar_t* mk = r.mask_row(m);
         for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
           const int64_t off = m * d + i;
-          const Vec e = r.upstream(dout, off, n);
+          const Vec e = r.upstream(dout, off, n, mk ? mk + i : nullptr);
           store_h_grads(off, petal::gate_h2_grad(e, petal::gate_middle_y(io::load(r.vector + i, n))), n);
           Wide<scalar_t>(petal::gate_score_term(e, r.h2(off, n))).add_to(part + i);
           if (g.dx) io::store(g.dx + off, io::load(dout + off, n), n);
@@ -308,11 +333,12 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
       bias_sum += ds[m];
       const RVec ds_wide(ds[m]);
       const Vec dsv(static_cast<acc>(ds[m])), Gv(G[m]);
+      const scalar_t* mk = r.mask_row(m);
       for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
         const int64_t off = m * d + i;
         const Vec xv = io::load(r.x + off, n);
         const Vec hv = r.h2(off, n);
-        const Vec e = r.upstream(dout, off, n);
+        const Vec e = r.upstream(dout, off, n, mk ? mk + i : nullptr);
         store_h_grads(off, petal::gate_h2_grad(e, Gv, dsv, io::load(w_h + i, n)), n);
         io::store(g.dx + off, petal::row_gate_x_grad(io::load(dout + off, n), dsv, io::load(r.weight + i, n)), n);
         auto weight_grad = [&](const RVec& v) { return petal::row_weight_grad(ds_wide, v); };
@@ -368,6 +394,12 @@ void check_call(Gate gate, const at::Tensor& x, const at::Tensor& h, const at::T
                 " rows, got ", batch);
 }
 
+Dropout checked_dropout(const std::optional<at::Tensor>& dropout_mask, double p, int64_t seed) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "petal_C: dropout_p must be in [0, 1), got ", p);
+  TORCH_CHECK(p == 0.0 || !dropout_mask.has_value(), "petal_C: dropout_mask and dropout_p > 0 are exclusive");
+  return Dropout(p, seed);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> gated_residual_forward(
@@ -375,15 +407,16 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_forward(
     double adapter_scale, double gate_scale, const std::optional<at::Tensor>& gate_logits,
     const std::optional<at::Tensor>& gate_weight, const std::optional<at::Tensor>& gate_bias,
     const std::optional<at::Tensor>& gate_vector, const std::optional<at::Tensor>& dropout_mask,
-    int64_t batch) {
+    double dropout_p, int64_t dropout_seed, int64_t batch) {
   const Gate gate = parse_gate(granularity);
   check_call(gate, x, h, u, gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask, batch);
+  const Dropout dropout = checked_dropout(dropout_mask, dropout_p, dropout_seed);
   at::Tensor out = at::empty_like(x);
   const bool row_gate = gate == Gate::middleX || gate == Gate::small;
   at::Tensor stat = x.new_empty({row_gate ? x.size(0) : 0});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gated_residual_forward", [&] {
     const Rows<scalar_t> rows(x, h, u, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-                              gate_vector, dropout_mask);
+                              gate_vector, dropout_mask, dropout);
     forward_kernel<scalar_t>(rows, gate, batch, out.data_ptr<scalar_t>(),
                              row_gate ? stat.data_ptr<scalar_t>() : nullptr);
   });
@@ -397,9 +430,11 @@ gated_residual_backward(const at::Tensor& dout, const at::Tensor& x, const at::T
                         const std::optional<at::Tensor>& gate_weight,
                         const std::optional<at::Tensor>& gate_bias,
                         const std::optional<at::Tensor>& gate_vector,
-                        const std::optional<at::Tensor>& dropout_mask, int64_t batch, const at::Tensor& stat) {
+                        const std::optional<at::Tensor>& dropout_mask, double dropout_p, int64_t dropout_seed,
+                        int64_t batch, const at::Tensor& stat) {
   const Gate gate = parse_gate(granularity);
   check_call(gate, x, h, u, gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask, batch);
+  const Dropout dropout = checked_dropout(dropout_mask, dropout_p, dropout_seed);
   check_rows("dout", dout, x);
   const bool row_gate = gate == Gate::middleX || gate == Gate::small;
   if (row_gate)
@@ -420,7 +455,7 @@ gated_residual_backward(const at::Tensor& dout, const at::Tensor& x, const at::T
   at::Tensor d_vector = grad_like(gate_vector, gate == Gate::middleY);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gated_residual_backward", [&] {
     const Rows<scalar_t> rows(x, h, u, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-                              gate_vector, dropout_mask);
+                              gate_vector, dropout_mask, dropout);
     auto p = [](at::Tensor& t) { return t.numel() ? t.data_ptr<scalar_t>() : nullptr; };
     const Grads<scalar_t> grads{p(dx), p(dh), p(du), p(d_logits), p(d_weight), p(d_bias), p(d_vector)};
     backward_kernel<scalar_t>(rows, gate, batch, dout.data_ptr<scalar_t>(),

@@ -28,7 +28,7 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_forward(
     double adapter_scale, double gate_scale, const std::optional<at::Tensor>& gate_logits,
     const std::optional<at::Tensor>& gate_weight, const std::optional<at::Tensor>& gate_bias,
     const std::optional<at::Tensor>& gate_vector, const std::optional<at::Tensor>& dropout_mask,
-    int64_t batch);
+    double dropout_p, int64_t dropout_seed, int64_t batch);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 gated_residual_backward(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& h, const at::Tensor& u,
@@ -37,6 +37,7 @@ gated_residual_backward(const at::Tensor& dout, const at::Tensor& x, const at::T
                         const std::optional<at::Tensor>& gate_weight,
                         const std::optional<at::Tensor>& gate_bias,
                         const std::optional<at::Tensor>& gate_vector,
-                        const std::optional<at::Tensor>& dropout_mask, int64_t batch, const at::Tensor& stat);
+                        const std::optional<at::Tensor>& dropout_mask, double dropout_p, int64_t dropout_seed,
+                        int64_t batch, const at::Tensor& stat);
 
 }  // namespace petal_C::cpu

@@ -14,6 +14,7 @@
 
 #include "../aten/dma_backward.h"
 #include "launchers.h"
+#include "petal/philox.h"
 
 namespace petal_C::cuda {
 namespace {
@@ -66,8 +67,12 @@ pc::GatedResidualArgs gated_args(const at::Tensor& x, const at::Tensor& h, const
                                  std::string_view granularity, double adapter_scale, double gate_scale,
                                  const OptTensor& gate_logits, const OptTensor& gate_weight,
                                  const OptTensor& gate_bias, const OptTensor& gate_vector,
-                                 const OptTensor& dropout_mask, int64_t batch) {
+                                 const OptTensor& dropout_mask, double dropout_p, int64_t dropout_seed,
+                                 int64_t batch) {
   const pc::Granularity g = parse_granularity(granularity);
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "petal_C (CUDA): dropout_p must be in [0, 1), got ", dropout_p);
+  TORCH_CHECK(dropout_p == 0.0 || !dropout_mask.has_value(),
+              "petal_C (CUDA): dropout_mask and dropout_p > 0 are exclusive");
   TORCH_CHECK(x.is_cuda() && x.dim() == 2, "petal_C (CUDA): x must be a (M, d) CUDA tensor, got ", x.sizes());
   check_same("x", x, x);
   const int64_t d = x.size(1);
@@ -94,10 +99,19 @@ pc::GatedResidualArgs gated_args(const at::Tensor& x, const at::Tensor& h, const
     TORCH_CHECK(batch > 0 && x.size(0) % batch == 0, "petal_C (CUDA): 'small' needs batch dividing the ", x.size(0),
                 " rows, got ", batch);
   }
-  return pc::GatedResidualArgs{dtype_of(x),      g,           x.size(0),          d,
-                               batch,            adapter_scale, gate_scale,        x.data_ptr(),
-                               h.data_ptr(),     u.data_ptr(),  ptr(gate_logits),  ptr(gate_weight),
-                               ptr(gate_bias),   ptr(gate_vector), ptr(dropout_mask)};
+  pc::GatedResidualArgs a{dtype_of(x),      g,           x.size(0),          d,
+                          batch,            adapter_scale, gate_scale,        x.data_ptr(),
+                          h.data_ptr(),     u.data_ptr(),  ptr(gate_logits),  ptr(gate_weight),
+                          ptr(gate_bias),   ptr(gate_vector), ptr(dropout_mask)};
+  if (dropout_p > 0.0) {
+    a.dropout = true;
+    a.dropout_seed = static_cast<uint64_t>(dropout_seed);
+    a.dropout_threshold = petal::dropout_threshold(dropout_p);
+    // 1 / (1 - p) as a mask of x's dtype would hold it
+    a.dropout_keep = at::scalar_tensor(1.0 / (1.0 - dropout_p), at::TensorOptions().dtype(x.scalar_type()))
+                         .item<double>();
+  }
+  return a;
 }
 
 void check_gated(cudaError_t err, const pc::GatedResidualArgs& a, std::string_view granularity,
@@ -115,10 +129,11 @@ bool row_gate(const pc::GatedResidualArgs& a) {
 std::tuple<at::Tensor, at::Tensor> gated_residual_forward(
     const at::Tensor& x, const at::Tensor& h, const at::Tensor& u, std::string_view granularity,
     double adapter_scale, double gate_scale, const OptTensor& gate_logits, const OptTensor& gate_weight,
-    const OptTensor& gate_bias, const OptTensor& gate_vector, const OptTensor& dropout_mask, int64_t batch) {
+    const OptTensor& gate_bias, const OptTensor& gate_vector, const OptTensor& dropout_mask, double dropout_p,
+    int64_t dropout_seed, int64_t batch) {
   const c10::cuda::CUDAGuard guard(x.device());
   const auto a = gated_args(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-                            gate_vector, dropout_mask, batch);
+                            gate_vector, dropout_mask, dropout_p, dropout_seed, batch);
   at::Tensor out = at::empty_like(x);
   at::Tensor stat = x.new_empty({row_gate(a) ? x.size(0) : 0});
   at::Tensor ws = workspace(pc::gated_residual_forward_workspace(a), x);
@@ -131,11 +146,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 gated_residual_backward(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& h, const at::Tensor& u,
                         std::string_view granularity, double adapter_scale, double gate_scale,
                         const OptTensor& gate_logits, const OptTensor& gate_weight, const OptTensor& gate_bias,
-                        const OptTensor& gate_vector, const OptTensor& dropout_mask, int64_t batch,
-                        const at::Tensor& stat) {
+                        const OptTensor& gate_vector, const OptTensor& dropout_mask, double dropout_p,
+                        int64_t dropout_seed, int64_t batch, const at::Tensor& stat) {
   const c10::cuda::CUDAGuard guard(x.device());
   const auto a = gated_args(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-                            gate_vector, dropout_mask, batch);
+                            gate_vector, dropout_mask, dropout_p, dropout_seed, batch);
   check_same("dout", dout, x);
   TORCH_CHECK(dout.sizes() == x.sizes(), "petal_C (CUDA): dout must have shape ", x.sizes(), ", got ", dout.sizes());
   if (row_gate(a)) {
@@ -143,13 +158,17 @@ gated_residual_backward(const at::Tensor& dout, const at::Tensor& x, const at::T
     TORCH_CHECK(stat.numel() == x.size(0), "petal_C (CUDA): stat must hold one score per row (", x.size(0),
                 "), got ", stat.sizes());
   }
-  at::Tensor dx = at::empty_like(x), dh = at::empty_like(x), du = at::empty_like(x);
+  // dx = dout (large, middleY) and du = dh (adapter_scale 1) are not written: the autograd formula hands
+  // dout / dh through (a custom op's outputs may not alias its inputs).
+  at::Tensor dx = row_gate(a) ? at::empty_like(x) : x.new_empty({0});
+  at::Tensor dh = at::empty_like(x);
+  at::Tensor du = adapter_scale == 1.0 ? x.new_empty({0}) : at::empty_like(x);
   auto grad_like = [&](const OptTensor& t, bool used) { return used ? at::empty_like(*t) : x.new_empty({0}); };
   at::Tensor d_logits = grad_like(gate_logits, a.granularity == pc::Granularity::large);
   at::Tensor d_weight = grad_like(gate_weight, row_gate(a));
   at::Tensor d_bias = grad_like(gate_bias, row_gate(a));
   at::Tensor d_vector = grad_like(gate_vector, a.granularity == pc::Granularity::middleY);
-  const pc::GatedResidualGrads g{dx.data_ptr(),          dh.data_ptr(),          du.data_ptr(),
+  const pc::GatedResidualGrads g{ptr_or_null(dx),        dh.data_ptr(),          ptr_or_null(du),
                                  ptr_or_null(d_logits), ptr_or_null(d_weight), ptr_or_null(d_bias),
                                  ptr_or_null(d_vector)};
   at::Tensor ws = workspace(pc::gated_residual_backward_workspace(a), x);

@@ -12,6 +12,7 @@
 // workspace; finish_columns then sums the partials in block order (deterministic, no atomics).
 #include "common.cuh"
 #include "petal/gated_residual.h"
+#include "petal/philox.h"
 
 namespace petal {
 namespace cuda {
@@ -27,6 +28,10 @@ struct Params {
   int64_t rows, d, per_example;
   acc_t<T> as, gs;
   const T *x, *h, *u, *logits, *w, *b, *v, *mask;
+  bool drop;  // in-kernel dropout (mask is null)
+  uint64_t seed;
+  uint32_t threshold;
+  acc_t<T> keep;
 };
 
 template <typename T>
@@ -34,10 +39,14 @@ struct Grads {
   T *dx, *dh, *du, *d_logits, *d_weight, *d_bias, *d_vector;
 };
 
+// The dropout mask of elements o .. o+N-1: the caller's, the Philox stream's, or ones.
 template <typename T, int N>
-__device__ __forceinline__ void load_mask(const T* mask, int64_t o, acc_t<T> (&m)[N]) {
-  if (mask) {
-    load<T, N>(mask + o, m);
+__device__ __forceinline__ void load_mask(const Params<T>& p, int64_t o, acc_t<T> (&m)[N]) {
+  if (p.mask) {
+    load<T, N>(p.mask + o, m);
+  } else if (p.drop) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) m[i] = dropout_value(dropout_bits(p.seed, o + i), p.threshold, p.keep);
   } else {
 #pragma unroll
     for (int i = 0; i < N; ++i) m[i] = acc_t<T>(1);
@@ -59,7 +68,7 @@ __global__ void large_forward(Params<T> p, T* __restrict__ out) {
     load<T, V>(p.h + o, h);
     load<T, V>(p.u + o, u);
     load<T, V>(p.logits + o, l);
-    load_mask<T, V>(p.mask, o, m);
+    load_mask<T, V>(p, o, m);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       y[k] = gated_out(x[k], adapter_sum(h[k], u[k], p.as), gate_large(l[k]), p.gs, m[k]);
@@ -72,7 +81,7 @@ __global__ void large_forward(Params<T> p, T* __restrict__ out) {
     load<T, 1>(p.h + o, h);
     load<T, 1>(p.u + o, u);
     load<T, 1>(p.logits + o, l);
-    load_mask<T, 1>(p.mask, o, m);
+    load_mask<T, 1>(p, o, m);
     y[0] = gated_out(x[0], adapter_sum(h[0], u[0], p.as), gate_large(l[0]), p.gs, m[0]);
     store<T, 1>(out + o, y);
   }
@@ -87,7 +96,7 @@ __device__ __forceinline__ void large_backward_at(const Params<T>& p, const T* _
   load<T, N>(p.h + o, h);
   load<T, N>(p.u + o, u);
   load<T, N>(p.logits + o, l);
-  load_mask<T, N>(p.mask, o, m);
+  load_mask<T, N>(p, o, m);
 #pragma unroll
   for (int k = 0; k < N; ++k) {
     const A e = upstream(dy[k], p.gs, m[k]), gate = gate_large(l[k]);
@@ -95,9 +104,9 @@ __device__ __forceinline__ void large_backward_at(const Params<T>& p, const T* _
     du[k] = adapter_u_grad(dh[k], p.as);
     dl[k] = large_logit_grad(e, adapter_sum(h[k], u[k], p.as), gate);
   }
-  store<T, N>(g.dx + o, dy);
+  if (g.dx) store<T, N>(g.dx + o, dy);
   store<T, N>(g.dh + o, dh);
-  store<T, N>(g.du + o, du);
+  if (g.du) store<T, N>(g.du + o, du);
   store<T, N>(g.d_logits + o, dl);
 }
 
@@ -168,7 +177,7 @@ __global__ void rows_forward(Params<T> p, T* __restrict__ out, T* __restrict__ s
       if (j >= dv) continue;
       const int64_t c = j * V;
       A m[V], y[V], gv[V];
-      load_mask<T, V>(p.mask, row + c, m);
+      load_mask<T, V>(p, row + c, m);
       if (M == RowForward::middleY) load<T, V>(p.v + c, gv);
 #pragma unroll
       for (int i = 0; i < V; ++i) {
@@ -237,7 +246,7 @@ __global__ void rows_backward(Params<T> p, const T* __restrict__ dout, const acc
       load<T, V>(dout + row + c, dy[k]);
       load<T, V>(p.h + row + c, h);
       load<T, V>(p.u + row + c, u);
-      load_mask<T, V>(p.mask, row + c, m);
+      load_mask<T, V>(p, row + c, m);
       if (M != RowBackward::middleY) load<T, V>(p.x + row + c, x[k]);
       A w[V];
       if (M == RowBackward::middleX) load<T, V>(p.w + c, w);
@@ -296,9 +305,9 @@ __global__ void rows_backward(Params<T> p, const T* __restrict__ dout, const acc
         }
         du[i] = adapter_u_grad(dh[i], p.as);
       }
-      store<T, V>(g.dx + row + c, dx);
+      if (g.dx) store<T, V>(g.dx + row + c, dx);
       store<T, V>(g.dh + row + c, dh);
-      store<T, V>(g.du + row + c, du);
+      if (g.du) store<T, V>(g.du + row + c, du);
     }
   }
   A* out = partial + static_cast<int64_t>(blockIdx.x) * stride;
@@ -337,7 +346,7 @@ __global__ void small_row_sums(Params<T> p, const T* __restrict__ dout, const T*
       load<T, V>(dout + row + c, dy);
       load<T, V>(p.h + row + c, h);
       load<T, V>(p.u + row + c, u);
-      load_mask<T, V>(p.mask, row + c, m);
+      load_mask<T, V>(p, row + c, m);
       if (kRecompute) {
         load<T, V>(p.x + row + c, x);
         load<T, V>(p.w + c, wx);
@@ -384,6 +393,10 @@ Params<T> params_of(const GatedResidualArgs& a) {
   p.b = static_cast<const T*>(a.gate_bias);
   p.v = static_cast<const T*>(a.gate_vector);
   p.mask = static_cast<const T*>(a.dropout_mask);
+  p.drop = a.dropout && !a.dropout_mask;
+  p.seed = a.dropout_seed;
+  p.threshold = a.dropout_threshold;
+  p.keep = static_cast<acc_t<T>>(a.dropout_keep);
   return p;
 }
 

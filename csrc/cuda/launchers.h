@@ -33,6 +33,12 @@ struct GatedResidualArgs {
   double adapter_scale, gate_scale;
   const void *x, *h, *u;
   const void *gate_logits, *gate_weight, *gate_bias, *gate_vector, *dropout_mask;  // null if absent
+  // In-kernel dropout (no dropout_mask): element i is kept when petal::dropout_bits(seed, i) >= threshold
+  // (petal/philox.h) and then scaled by keep, 1 / (1 - p) rounded to dtype.
+  bool dropout;
+  uint64_t dropout_seed;
+  uint32_t dropout_threshold;
+  double dropout_keep;
 };
 
 // out (rows, d); stat (rows,) pre-sigmoid gate scores for middleX and small (else unused).
@@ -40,7 +46,8 @@ size_t gated_residual_forward_workspace(const GatedResidualArgs& a);
 cudaError_t gated_residual_forward(const GatedResidualArgs& a, void* out, void* stat, void* workspace,
                                    cudaStream_t stream);
 
-// Gradients: dx, dh, du (rows, d) always; d_logits (rows, d) for large; d_weight (d,)/(2d,) and
+// Gradients: dh (rows, d) always; dx and du (rows, d), each may be null (not written: the caller hands
+// dout / dh through where they are equal); d_logits (rows, d) for large; d_weight (d,)/(2d,) and
 // d_bias (1,) for middleX/small; d_vector (d,) for middleY. `stat` is what the forward wrote.
 struct GatedResidualGrads {
   void *dx, *dh, *du, *d_logits, *d_weight, *d_bias, *d_vector;

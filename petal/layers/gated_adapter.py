@@ -145,11 +145,9 @@ class GatedAdapter(nn.Module):
                 **self.gate.arguments(x, dtype)}
 
     def forward(self, x: Tensor, h: Tensor, dropout_p: float = 0.0) -> Tensor:
-        args = self.intermediates(x, h)
-        mask = None
-        if self.training and dropout_p > 0:
-            mask = F.dropout(torch.ones_like(args["x"]), dropout_p, training=True)
-        return petal_kernels.gated_residual(**args, dropout_mask=mask)
+        # dropout made inside the kernel (a Philox stream seeded from torch's generator), not a saved mask
+        p = float(dropout_p) if self.training else 0.0
+        return petal_kernels.gated_residual(**self.intermediates(x, h), dropout_p=p)
 
 
 class ParallelAdapter(nn.Module):

@@ -92,9 +92,9 @@ def dma_linear_backward(dys, x, weights, down, ups, scales, gammas, t, bases, ne
 
 
 def gated_residual_forward(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
-                           gate_bias, gate_vector, dropout_mask, batch):
+                           gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed, batch):
     args = (x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-            gate_vector, dropout_mask, batch)
+            gate_vector, dropout_mask, dropout_p, dropout_seed, batch)
     if _use_reference(x):
         return reference.gated_residual_forward(*args)
     with _on_device(x):
@@ -102,9 +102,10 @@ def gated_residual_forward(x, h, u, granularity, adapter_scale, gate_scale, gate
 
 
 def gated_residual_backward(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits,
-                            gate_weight, gate_bias, gate_vector, dropout_mask, batch, stat):
+                            gate_weight, gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed, batch,
+                            stat):
     args = (dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-            gate_vector, dropout_mask, batch, stat)
+            gate_vector, dropout_mask, dropout_p, dropout_seed, batch, stat)
     if _use_reference(x):
         return reference.gated_residual_backward(*args)
     with _on_device(x):

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import philox
 from . import autotune as at
 from .numerics import cast, emulate_bf16
 
@@ -52,13 +53,39 @@ def _example_mean(ptr, row0, T, BLOCK_T: tl.constexpr, SIGMOID: tl.constexpr):
     return tl.sum(acc, axis=0) / T
 
 
-@triton.autotune(configs=at.ROW_CONFIGS, key=["D", "M_BUCKET", "GRAN", "PHASE", "HAS_MASK"],
+@triton.jit
+def _dropout_keep(seed, idx, threshold):
+    """Element ``idx`` (int64, row-major index) is kept by the Philox stream of ``seed``
+    (csrc/include/petal/philox.h, petal_kernels/philox.py): bits >= threshold."""
+    g = idx >> 2
+    lo = (g & 0xFFFFFFFF).to(tl.uint32)
+    hi = ((g >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    zero = lo * 0
+    r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero, zero)
+    lane = idx & 3
+    bits = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
+    return bits.to(tl.int64) >= threshold
+
+
+@triton.jit
+def _mask_values(mask_ptr, offs, m2, rows, cols, D, seed, threshold, keep_value,
+                 HAS_MASK: tl.constexpr, HAS_DROP: tl.constexpr):
+    """The dropout mask of a tile: the caller's (HAS_MASK) or the Philox stream's (HAS_DROP)."""
+    if HAS_MASK:
+        return tl.load(mask_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+    else:
+        idx = rows[:, None].to(tl.int64) * D + cols[None, :]
+        return tl.where(_dropout_keep(seed, idx, threshold), keep_value, 0.0)
+
+
+@triton.autotune(configs=at.ROW_CONFIGS, key=["D", "M_BUCKET", "GRAN", "PHASE", "HAS_MASK", "HAS_DROP"],
                  prune_configs_by={"early_config_prune": at.prune_row_configs})
 @triton.jit
 def _gr_fwd_kernel(
     x_ptr, h_ptr, u_ptr, lg_ptr, w_ptr, b_ptr, v_ptr, mask_ptr, out_ptr, stat_ptr,
-    T, D, stride_m, adapter_scale, gate_scale, M_BUCKET,
-    GRAN: tl.constexpr, PHASE: tl.constexpr, HAS_MASK: tl.constexpr, EMU_BF16: tl.constexpr,
+    T, D, stride_m, adapter_scale, gate_scale, M_BUCKET, seed, threshold, keep_value,
+    GRAN: tl.constexpr, PHASE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROP: tl.constexpr,
+    EMU_BF16: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     ex = tl.program_id(0)
@@ -101,20 +128,23 @@ def _gr_fwd_kernel(
                 delta = g_vec[None, :] * h2
             else:
                 delta = g_ex * h2
-            if HAS_MASK:
-                delta = delta * tl.load(mask_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+            if HAS_MASK or HAS_DROP:
+                delta = delta * _mask_values(mask_ptr, offs, m2, rows, cols, D, seed, threshold, keep_value,
+                                             HAS_MASK, HAS_DROP)
             out = x + gate_scale * delta
             tl.store(out_ptr + offs, cast(out, out_ptr.dtype.element_ty, EMU_BF16), mask=m2)
 
 
-@triton.autotune(configs=at.ROW_CONFIGS, key=["D", "M_BUCKET", "GRAN", "PHASE", "HAS_MASK"],
+@triton.autotune(configs=at.ROW_CONFIGS,
+                 key=["D", "M_BUCKET", "GRAN", "PHASE", "HAS_MASK", "HAS_DROP", "WRITE_DX", "WRITE_DU"],
                  prune_configs_by={"early_config_prune": at.prune_row_configs})
 @triton.jit
 def _gr_bwd_kernel(
     dout_ptr, x_ptr, h_ptr, u_ptr, lg_ptr, w_ptr, b_ptr, v_ptr, mask_ptr, stat_ptr, q_ptr,
     dx_ptr, dh_ptr, du_ptr, dlg_ptr, pw_ptr, pb_ptr, pv_ptr,
-    T, D, stride_m, adapter_scale, gate_scale, M_BUCKET,
-    GRAN: tl.constexpr, PHASE: tl.constexpr, HAS_MASK: tl.constexpr, EMU_BF16: tl.constexpr,
+    T, D, stride_m, adapter_scale, gate_scale, M_BUCKET, seed, threshold, keep_value,
+    GRAN: tl.constexpr, PHASE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROP: tl.constexpr,
+    WRITE_DX: tl.constexpr, WRITE_DU: tl.constexpr, EMU_BF16: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     ex = tl.program_id(0)
@@ -148,8 +178,9 @@ def _gr_bwd_kernel(
         u = tl.load(u_ptr + offs, mask=m2, other=0.0).to(tl.float32)
         h2 = h + adapter_scale * u
         e = dout * gate_scale
-        if HAS_MASK:
-            e = e * tl.load(mask_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        if HAS_MASK or HAS_DROP:
+            e = e * _mask_values(mask_ptr, offs, m2, rows, cols, D, seed, threshold, keep_value,
+                                 HAS_MASK, HAS_DROP)
         if PHASE == K_ROWDOT:  # small: row dots and fp32 scores (not the saved low-precision stat)
             tl.store(q_ptr + rows, tl.sum(e * h2, axis=1), mask=rmask)
             x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float32)
@@ -183,9 +214,11 @@ def _gr_bwd_kernel(
                 acc_w2 += tl.sum(ds[:, None] * h2, axis=0)
                 acc_b += ds
             dtype = dx_ptr.dtype.element_ty
-            tl.store(dx_ptr + offs, cast(dx, dtype, EMU_BF16), mask=m2)
+            if WRITE_DX:
+                tl.store(dx_ptr + offs, cast(dx, dtype, EMU_BF16), mask=m2)
             tl.store(dh_ptr + offs, cast(dh2, dtype, EMU_BF16), mask=m2)
-            tl.store(du_ptr + offs, cast(adapter_scale * dh2, dtype, EMU_BF16), mask=m2)
+            if WRITE_DU:
+                tl.store(du_ptr + offs, cast(adapter_scale * dh2, dtype, EMU_BF16), mask=m2)
     if PHASE != K_ROWDOT:
         if GRAN == K_MIDDLE_X:
             tl.store(pw_ptr + pid * D + cols, acc_w1, mask=cmask)
@@ -213,8 +246,17 @@ def _block_d(D: int) -> int:
     return triton.next_power_of_2(D)
 
 
+def _dropout_args(x, dropout_p, dropout_seed) -> dict:
+    """Kernel arguments of in-kernel dropout: the seed, the drop threshold and 1/(1-p) in x's dtype
+    (the value a caller's mask would hold)."""
+    if not dropout_p:
+        return dict(seed=0, threshold=0, keep_value=1.0, HAS_DROP=False)
+    keep = torch.tensor(philox.keep_scale(dropout_p), dtype=x.dtype).item()
+    return dict(seed=int(dropout_seed), threshold=philox.threshold(dropout_p), keep_value=keep, HAS_DROP=True)
+
+
 def forward(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-            gate_vector, dropout_mask, batch):
+            gate_vector, dropout_mask, dropout_p, dropout_seed, batch):
     """The canonical ``gated_residual_forward`` on fp16/bf16/fp32 rows (see ``reference``)."""
     M, D = x.shape
     gran = GRAN_CODE[granularity]
@@ -227,11 +269,12 @@ def forward(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_w
         _gr_fwd_kernel[(B, CH)](
             x, h, u, _or(gate_logits, x), _or(gate_weight, x), _or(gate_bias, x),
             _or(gate_vector, x), _or(dropout_mask, x), out, stat_buf,
-            T, D, x.stride(0), float(adapter_scale), float(gate_scale), at.bucket(M),
+            T, D, x.stride(0), float(adapter_scale), float(gate_scale), at.bucket(M), **drop,
             GRAN=gran, PHASE=phase, HAS_MASK=dropout_mask is not None, EMU_BF16=emulate_bf16(x.dtype),
             BLOCK_D=_block_d(D), BLOCK_T=BLOCK_T,
         )
 
+    drop = _dropout_args(x, dropout_p, dropout_seed)
     if gran == SMALL:
         launch(STAT, stat32)
         launch(APPLY, stat32)
@@ -242,13 +285,17 @@ def forward(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_w
 
 
 def backward(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
-             gate_bias, gate_vector, dropout_mask, batch, stat):
-    """The canonical ``gated_residual_backward`` (see ``reference``)."""
+             gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed, batch, stat):
+    """The canonical ``gated_residual_backward`` (see ``reference``). dx = dout (large, middleY) and
+    du = dh (adapter_scale 1) are not written: those are None, the op layer hands the tensors through."""
     M, D = x.shape
     gran = GRAN_CODE[granularity]
     B, T, CH = _layout(M, granularity, batch, x.device)
     f32 = dict(device=x.device, dtype=torch.float32)
-    dx, dh, du = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    write_dx, write_du = gran in (MIDDLE_X, SMALL), adapter_scale != 1.0
+    dh = torch.empty_like(x)
+    dx = torch.empty_like(x) if write_dx else None
+    du = torch.empty_like(x) if write_du else None
     d_logits = torch.empty_like(x) if gran == LARGE else None
     width = {MIDDLE_X: D, SMALL: 2 * D}.get(gran)
     pw = torch.empty(B * CH, width, **f32) if width else None
@@ -261,11 +308,13 @@ def backward(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits,
         _gr_bwd_kernel[(B, CH)](
             dout, x, h, u, _or(gate_logits, x), _or(gate_weight, x), _or(gate_bias, x), _or(gate_vector, x),
             _or(dropout_mask, x), _or(s32, x), _or(q, x),
-            dx, dh, du, _or(d_logits, x), _or(pw, x), _or(pb, x), _or(pv, x),
-            T, D, x.stride(0), float(adapter_scale), float(gate_scale), at.bucket(M),
-            GRAN=gran, PHASE=phase, HAS_MASK=dropout_mask is not None, EMU_BF16=emulate_bf16(x.dtype),
-            BLOCK_D=_block_d(D), BLOCK_T=BLOCK_T,
+            _or(dx, dh), dh, _or(du, dh), _or(d_logits, x), _or(pw, x), _or(pb, x), _or(pv, x),
+            T, D, x.stride(0), float(adapter_scale), float(gate_scale), at.bucket(M), **drop,
+            GRAN=gran, PHASE=phase, HAS_MASK=dropout_mask is not None, WRITE_DX=write_dx, WRITE_DU=write_du,
+            EMU_BF16=emulate_bf16(x.dtype), BLOCK_D=_block_d(D), BLOCK_T=BLOCK_T,
         )
+
+    drop = _dropout_args(x, dropout_p, dropout_seed)
 
     if gran == SMALL:
         launch(ROWDOT)
