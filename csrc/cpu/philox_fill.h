@@ -1,6 +1,6 @@
 // Dropout mask values of a run of elements from the Philox stream of petal/philox.h, on the CPU.
-// The generators of kBlock consecutive counters advance together (structure of arrays), which the
-// compiler vectorises; the bits are those of petal::dropout_bits.
+// The generators of kLanes consecutive counters advance together in vector lanes; the bits are those
+// of petal::dropout_bits (tests compare them with the reference and Triton streams).
 #pragma once
 
 #include <algorithm>
@@ -26,36 +26,57 @@ struct Dropout {
   // dst[j] = mask value of element first + j, j < n: keep_value or 0.
   template <typename scalar_t>
   void fill(int64_t first, int64_t n, scalar_t keep_value, scalar_t* dst) const {
-    constexpr int kBlock = 16;
-    uint32_t bits[4 * kBlock];
+    uint32_t bits[4 * kLanes];
     const int64_t end = first + n;
-    for (int64_t g = first >> 2; g * 4 < end; g += kBlock) {
-      uint32_t c0[kBlock], c1[kBlock], c2[kBlock], c3[kBlock];
-      for (int l = 0; l < kBlock; ++l) {
-        c0[l] = static_cast<uint32_t>(static_cast<uint64_t>(g + l));
-        c1[l] = static_cast<uint32_t>(static_cast<uint64_t>(g + l) >> 32);
-        c2[l] = c3[l] = 0;
-      }
-      uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-      for (int round = 0; round < 10; ++round) {
-        for (int l = 0; l < kBlock; ++l) {
-          uint32_t a = k0, b = k1;
-          petal::philox_round(c0[l], c1[l], c2[l], c3[l], a, b);
-        }
-        k0 += petal::kPhiloxW0;
-        k1 += petal::kPhiloxW1;
-      }
-      for (int l = 0; l < kBlock; ++l) {
-        bits[4 * l] = c0[l];
-        bits[4 * l + 1] = c1[l];
-        bits[4 * l + 2] = c2[l];
-        bits[4 * l + 3] = c3[l];
-      }
-      const int64_t lo = std::max(first, g * 4), hi = std::min(end, (g + kBlock) * 4);
+    for (int64_t g = first >> 2; g * 4 < end; g += kLanes) {
+      philox_lanes(static_cast<uint64_t>(g), bits);
+      const int64_t lo = std::max(first, g * 4), hi = std::min(end, (g + kLanes) * 4);
       for (int64_t e = lo; e < hi; ++e)
         dst[e - first] = petal::dropout_value(bits[e - g * 4], threshold, keep_value);
     }
   }
+
+ private:
+  static constexpr int kLanes = 32;  // counters generated together
+
+#if defined(__GNUC__)
+  // kLanes generators side by side in 64-bit vector lanes holding 32-bit values, so the 32x32->64-bit
+  // products of petal::philox_round vectorise; bits[4 l + j] = output j of counter g + l.
+  using U64s = uint64_t __attribute__((vector_size(8 * kLanes)));
+
+  void philox_lanes(uint64_t g, uint32_t* bits) const {
+    U64s c0, c1, c2 = {}, c3 = {};
+    for (int l = 0; l < kLanes; ++l) {
+      c0[l] = (g + l) & 0xFFFFFFFFu;
+      c1[l] = (g + l) >> 32;
+    }
+    const U64s low = c2 + 0xFFFFFFFFu;
+    uint64_t k0 = seed & 0xFFFFFFFFu, k1 = seed >> 32;
+    for (int round = 0; round < 10; ++round) {
+      const U64s p0 = c0 * static_cast<uint64_t>(petal::kPhiloxM0);
+      const U64s p1 = c2 * static_cast<uint64_t>(petal::kPhiloxM1);
+      c0 = (p1 >> 32) ^ c1 ^ k0;
+      c2 = (p0 >> 32) ^ c3 ^ k1;
+      c1 = p1 & low;
+      c3 = p0 & low;
+      k0 = (k0 + petal::kPhiloxW0) & 0xFFFFFFFFu;
+      k1 = (k1 + petal::kPhiloxW1) & 0xFFFFFFFFu;
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      bits[4 * l] = static_cast<uint32_t>(c0[l]);
+      bits[4 * l + 1] = static_cast<uint32_t>(c1[l]);
+      bits[4 * l + 2] = static_cast<uint32_t>(c2[l]);
+      bits[4 * l + 3] = static_cast<uint32_t>(c3[l]);
+    }
+  }
+#else
+  void philox_lanes(uint64_t g, uint32_t* bits) const {
+    for (int l = 0; l < kLanes; ++l) {
+      const petal::Philox4 r = petal::philox4x32_10(g + l, seed);
+      for (int j = 0; j < 4; ++j) bits[4 * l + j] = r.v[j];
+    }
+  }
+#endif
 };
 
 }  // namespace petal_C::cpu
