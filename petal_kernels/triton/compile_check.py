@@ -28,7 +28,8 @@ TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32
 DTYPES = ("fp16", "bf16", "fp32")
 INTS = {"M", "K", "R", "N0", "N1", "N2", "ss0", "ss1", "ss2", "M_BUCKET", "N_TOTAL", "T", "D", "P", "Q",
         "ss", "rows_per_split", "KA"}
-FLOATS = {"adapter_scale", "gate_scale"}
+FLOATS = {"adapter_scale", "gate_scale", "keep_value"}
+INT64S = {"seed", "threshold"}  # the dropout stream's key and threshold (up to 2**32 - 1)
 PIPELINED = {"rank_proj", "dma_fwd", "dma_dz", "dma_dx", "row_reduce", "gr_up"}  # GEMM K-loops
 
 
@@ -50,6 +51,8 @@ def _signature(fn, dtype: str, fp32_ptrs: set, constexprs: dict) -> dict:
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
+        elif name in INT64S:
+            sig[name] = "i64"
         elif name in INTS or name.startswith("stride"):
             sig[name] = "i32"
         elif name in FLOATS:
@@ -76,16 +79,21 @@ def _variants(quick: bool):
         dict(NEED_C=True, HAS_SCALE=True, HAS_GAMMA=True, EMU_BF16=False),
         dict(NEED_C=True, HAS_SCALE=False, HAS_GAMMA=False, EMU_BF16=False),
     ]
-    row = dict(HAS_MASK=True, EMU_BF16=False, BLOCK_D=1024, BLOCK_T=gr.BLOCK_T)
+    # training: in-kernel dropout (one variant with a caller's mask); backward: dx only for the row
+    # gates, du only when adapter_scale != 1
+    row = dict(HAS_MASK=False, HAS_DROP=True, EMU_BF16=False, BLOCK_D=1024, BLOCK_T=gr.BLOCK_T)
+    masked = dict(row, HAS_MASK=True, HAS_DROP=False)
     fwd = [dict(GRAN=gr.LARGE, PHASE=gr.ONE_PASS), dict(GRAN=gr.MIDDLE_X, PHASE=gr.ONE_PASS),
            dict(GRAN=gr.MIDDLE_Y, PHASE=gr.ONE_PASS), dict(GRAN=gr.SMALL, PHASE=gr.STAT),
            dict(GRAN=gr.SMALL, PHASE=gr.APPLY)]
     yield "gr_fwd_small", gr._gr_fwd_kernel, {"stat_ptr"}, [dict(v, **row) for v in fwd[3:]]
-    yield "gr_fwd", gr._gr_fwd_kernel, set(), [dict(v, **row) for v in fwd[:3]]
+    yield "gr_fwd", gr._gr_fwd_kernel, set(), [dict(v, **row) for v in fwd[:3]] + [dict(fwd[0], **masked)]
     bwd = [dict(GRAN=gr.LARGE, PHASE=gr.ONE_PASS), dict(GRAN=gr.MIDDLE_X, PHASE=gr.ONE_PASS),
            dict(GRAN=gr.MIDDLE_Y, PHASE=gr.ONE_PASS), dict(GRAN=gr.SMALL, PHASE=gr.ROWDOT),
            dict(GRAN=gr.SMALL, PHASE=gr.MAIN)]
-    yield "gr_bwd", gr._gr_bwd_kernel, {"q_ptr", "pw_ptr", "pb_ptr", "pv_ptr"}, [dict(v, **row) for v in bwd]
+    yield "gr_bwd", gr._gr_bwd_kernel, {"q_ptr", "pw_ptr", "pb_ptr", "pv_ptr"}, [
+        dict(v, **row, WRITE_DX=v["GRAN"] in (gr.MIDDLE_X, gr.SMALL), WRITE_DU=False) for v in bwd
+    ] + [dict(bwd[1], **masked, WRITE_DX=True, WRITE_DU=True)]
     up = dict(HAS_UP_BIAS=True, HAS_MASK=True, EMU_BF16=False, BN=128)
     yield "gr_up", gru._gr_up_kernel, {"g_ptr", "stat_ptr"}, [
         dict(up, GRAN=gr.LARGE, PHASE=gru.ONE_PASS), dict(up, GRAN=gr.MIDDLE_Y, PHASE=gru.ONE_PASS),
