@@ -9,6 +9,7 @@ Environment switches (as flash-attention's):
                        (needs a CUDA toolkit and a CUDA build of torch)
   PETAL_NO_CUDA=1      never build the CUDA kernels
   PETAL_CUDA_ARCHS     e.g. "80;90" (default: TORCH_CUDA_ARCH_LIST or "80;90")
+  CUDA_HOME            the CUDA toolkit root, when torch's guess (from nvcc on PATH) is wrong
   PETAL_CPU_ISA        generic | avx2 | avx512: the x86-64 vector ISA of the CPU kernels (default: the
                        one torch uses on the build machine, torch.backends.cpu.get_cpu_capability())
   MAX_JOBS             parallel compile jobs (ninja)
@@ -56,7 +57,14 @@ def _cuda_wanted(torch) -> bool:
 
     if _flag("PETAL_NO_CUDA") or torch.version.cuda is None or CUDA_HOME is None:
         return False
-    return _flag("PETAL_FORCE_CUDA") or torch.cuda.is_available()
+    if not (_flag("PETAL_FORCE_CUDA") or torch.cuda.is_available()):
+        return False
+    if not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")):
+        # e.g. nvcc on PATH is a wrapper script in /usr/local/bin, so torch guessed CUDA_HOME=/usr/local
+        raise RuntimeError(
+            f"CUDA_HOME={CUDA_HOME} has no include/cuda_runtime.h: set CUDA_HOME to the CUDA toolkit root "
+            "(e.g. /usr/local/cuda), or PETAL_NO_CUDA=1 to build the CPU kernels only")
+    return True
 
 
 def extensions():
@@ -67,7 +75,8 @@ def extensions():
 
     include = [os.path.join(ROOT, "csrc", "include")]
     omp_compile, omp_link = _openmp_flags()
-    cxx = ["-O3", "-std=c++17", *omp_compile, *_cpu_vector_flags(torch)]
+    # No -std: torch.utils.cpp_extension adds the standard its headers need (C++20 from torch 2.14).
+    cxx = ["-O3", *omp_compile, *_cpu_vector_flags(torch)]
     sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if _cuda_wanted(torch):
         archs = os.environ.get("PETAL_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "80;90"

@@ -25,11 +25,18 @@ def test_unavailable_reason_names_the_cause(monkeypatch):
         return
     assert not _cuda.is_available()
     assert _cuda.unavailable_reason()
-    # A CUDA device but an extension built without the CUDA kernels: the reason says how to build them.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    if _cuda._cpu.is_available():
+    if not _cuda._cpu.is_available():
+        return
+    if _cuda._missing_kernels():
+        # A CUDA device but an extension built without the CUDA kernels: the reason says how to build them.
         assert not _cuda.is_available()
         assert "PETAL_FORCE_CUDA=1" in _cuda.unavailable_reason()
+    else:
+        # A CUDA build of the extension (PETAL_FORCE_CUDA=1) on a machine without a GPU: only the device
+        # was missing, so with one the backend is ready.
+        assert _cuda.is_available()
+        assert _cuda.unavailable_reason() == ""
 
 
 def on_cuda(fn):

@@ -30,6 +30,9 @@ DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float
 GRAN_CODE = {"large": 0, "middleX": 1, "middleY": 2, "small": 3}
 CUDA_ERROR_NOT_SUPPORTED = 801
 EMULATED_SMS = 2  # few blocks: backward blocks then own several rows each
+# capi.cpp's stand-ins for cudaGetLastError & co. must win over a real libcudart that a CUDA build of
+# torch has already loaded into the process with global symbols (which then answers "no driver").
+LINK_SHARED = ["g++", "-shared", "-Wl,-Bsymbolic"]
 LAUNCH = re.compile(r"^(\s*)(.+?)<<<(.+?)>>>\(", re.M)
 
 pytestmark = [
@@ -64,7 +67,7 @@ def build(tmp_path_factory):
 def lib(build):
     out, objects = build
     so = out / "libpetal_cuda_emu.so"
-    subprocess.run(["g++", "-shared", "-o", str(so), *map(str, objects), "-lpthread"], check=True)
+    subprocess.run([*LINK_SHARED, "-o", str(so), *map(str, objects), "-lpthread"], check=True)
     library = ctypes.CDLL(str(so))
     library.emu_gated_max_d.restype = ctypes.c_longlong
     library.emu_set_sms(EMULATED_SMS)
@@ -90,7 +93,7 @@ def emu_ops(build, lib):
     assert proc.returncode == 0, proc.stderr[-6000:]
     so = out / "libpetal_C_emu.so"
     libdirs = [f for p in library_paths() for f in (f"-L{p}", f"-Wl,-rpath,{p}")]
-    subprocess.run(["g++", "-shared", "-o", str(so), str(obj), *map(str, objects), *libdirs, "-lc10",
+    subprocess.run([*LINK_SHARED, "-o", str(so), str(obj), *map(str, objects), *libdirs, "-lc10",
                     "-ltorch_cpu", "-ltorch", "-lpthread"], check=True)
     torch.ops.load_library(str(so))
     return torch.ops.petal_C_emu

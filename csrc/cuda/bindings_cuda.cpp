@@ -267,7 +267,7 @@ dma_linear_backward(at::TensorList dys, const at::Tensor& x, at::TensorList weig
   const auto [need_x, need_down, need_up, need_scale, need_gamma] = needs;
   check_dma(x, weights, down, ups, scales, gammas);
   const size_t J = weights.size();
-  const int64_t M = x.size(0), K = x.size(1), R = down.size(0);
+  const int64_t M = x.size(0), R = down.size(0);
   TORCH_CHECK(dys.size() == J && bases.size() == J, "petal_C (CUDA): dys and bases must hold ", J, " entries");
   check_same("t", t, x);
   TORCH_CHECK(t.dim() == 2 && t.size(0) == M && t.size(1) == R, "petal_C (CUDA): t must be (", M, ", ", R,
