@@ -288,7 +288,7 @@ dma_linear_backward(at::TensorList dys, const at::Tensor& x, at::TensorList weig
   OptTensorList no_bias;
   for (size_t j = 0; j < J; ++j) no_bias.push_back(std::nullopt);
   check_forward(x, weights, no_bias, down, ups, scales, gammas);
-  const int64_t M = x.size(0), K = x.size(1), R = down.size(0);
+  const int64_t M = x.size(0), R = down.size(0);
   TORCH_CHECK(dys.size() == J && bases.size() == J, "petal_C: dys and bases must hold ", J, " entries");
   TORCH_CHECK(t.sizes() == at::IntArrayRef({M, R}) && t.is_contiguous() && t.scalar_type() == x.scalar_type(),
               "petal_C: t must be a contiguous (", M, ", ", R, ") tensor, got ", t.sizes());
