@@ -231,3 +231,35 @@ def test_fast_paths_are_on_by_default_and_unpatch_removes_them():
 def test_disable_fast_paths_needs_a_patched_model():
     with pytest.raises(ValueError, match="not patched"):
         disable_fast_paths(tiny_qformer())
+
+
+def test_last_layer_instruction_feed_forward_backward_is_skipped_only_for_a_zero_gradient(monkeypatch):
+    fast, slow = _patched_pair()
+    handed_on = []
+    real = qformer_fast._SkipZeroGrad.backward
+
+    def spy(ctx, grad):
+        out = real(ctx, grad)
+        handed_on.append(out is not None)
+        return out
+
+    monkeypatch.setattr(qformer_fast._SkipZeroGrad, "backward", staticmethod(spy))
+    inputs = qformer_inputs()
+    for rows, expect in ((slice(0, 4), [False]), (slice(None), [True])):  # query rows only, all rows
+        handed_on.clear()
+        for m in (fast, slow):
+            m(**inputs).last_hidden_state[:, rows].square().sum().backward()
+        assert handed_on == expect
+        for (name, a), (_, b) in zip(fast.named_parameters(), slow.named_parameters()):
+            if a.requires_grad:
+                torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+                a.grad = b.grad = None
+
+
+def test_last_layer_gate_stays_off_when_its_feed_forward_trains():
+    model = petal.patch(tiny_qformer(), petal.PetalConfig.from_preset("petal"))
+    last = model.encoder.layer[-1]
+    last.output.dense.weight.requires_grad_(True)
+    out = model(**qformer_inputs()).last_hidden_state[:, :4].sum()
+    out.backward()
+    assert last.output.dense.weight.grad is not None and not bool(last.output.dense.weight.grad.any())

@@ -8,7 +8,8 @@
 * ``*QFormerLayer`` slices the query and instruction rows out of the self-attention output and runs
   each slice through its feed-forward: a non-contiguous 3-D input makes ``nn.Linear`` a batched
   ``bmm`` against a broadcast weight (forward and backward), slower than the plain GEMM that the
-  contiguous copy gets.
+  contiguous copy gets. The last layer's instruction-row feed-forward skips its backward when the
+  gradient reaching it is all zeros (a loss on the query rows only, as InstructBLIP's).
 
 Each override is an instance attribute (the module's class, state-dict keys, hooks and
 gradient checkpointing stay as they are); ``petal.unpatch`` removes it through the handle kept in the
@@ -65,6 +66,30 @@ def feed_forward_chunk(self, attention_output: torch.Tensor) -> torch.Tensor:
     return type(self).feed_forward_chunk(self, attention_output.contiguous())
 
 
+class _SkipZeroGrad(torch.autograd.Function):
+    """Identity whose backward hands on no gradient (autograd's "zero") when the incoming one is all
+    zeros, so the graph behind it is not walked for nothing."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad if bool(grad.any()) else None
+
+
+def last_feed_forward_chunk(self, attention_output: torch.Tensor) -> torch.Tensor:
+    """The last layer's instruction-row feed-forward. Its rows reach the caller in
+    ``last_hidden_state``, but InstructBLIP reads only the query rows of it: a loss on those sends
+    back an all-zero gradient here, and the feed-forward's backward is skipped (only while its own
+    weights are frozen: a trainable one keeps its zero gradient)."""
+    out = feed_forward_chunk(self, attention_output)
+    if any(p.requires_grad for m in (self.intermediate, self.output) for p in m.parameters()):
+        return out
+    return _SkipZeroGrad.apply(out)
+
+
 def feed_forward_chunk_query(self, attention_output: torch.Tensor) -> torch.Tensor:
     return type(self).feed_forward_chunk_query(self, attention_output.contiguous())
 
@@ -73,14 +98,15 @@ def install_fast_paths(qformer: nn.Module) -> list:
     """Override the methods of ``qformer``'s frozen modules that have a faster equivalent; returns
     the handles that undo it."""
     handles = []
+    last = qformer.encoder.layer[-1] if len(qformer.encoder.layer) else None
     for module in qformer.modules():
         name = type(module).__name__
         overrides = []
         if name in RESIDUAL_NORM_CLASSES:
             overrides = [("forward", residual_norm_forward)]
         elif name in LAYER_CLASSES:
-            overrides = [("feed_forward_chunk", feed_forward_chunk),
-                         ("feed_forward_chunk_query", feed_forward_chunk_query)]
+            text = last_feed_forward_chunk if module is last else feed_forward_chunk
+            overrides = [("feed_forward_chunk", text), ("feed_forward_chunk_query", feed_forward_chunk_query)]
         handles += [MethodOverride(module, attr, fn) for attr, fn in overrides if attr not in module.__dict__]
     return handles
 
