@@ -28,6 +28,7 @@ import petal_kernels
 
 from .attention_core import additive_mask, attention
 from .base import AdapterWrapper, run_forward_hooks
+from .fast_dropout import keep_mask
 
 MODALITIES = ("query", "instruction", "image")
 QUERY_LENGTH_KWARG = "petal_query_length"
@@ -187,8 +188,8 @@ class DMAAttention(DelegatingWrapper):
         if self.merged:
             scale = scale - self._merge_ref(factors, modalities)
         elif self.training and self.dropout > 0:
-            keep = torch.empty(*x.shape[:-1], self.shared.rank, device=x.device, dtype=scale.dtype)
-            scale = scale * keep.bernoulli_(1 - self.dropout) / (1 - self.dropout)
+            like = torch.empty(*x.shape[:-1], self.shared.rank, device=x.device, dtype=scale.dtype)
+            scale = scale * keep_mask(like, self.dropout) * (1 / (1 - self.dropout))
         scales = [scale * self._coef(factors, n) for n in names]
         ups = [self._up(factors, n) for n in names]
         gammas = None
