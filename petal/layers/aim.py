@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dma import DelegatingWrapper
@@ -47,14 +48,26 @@ class AIMEmbeddings(DelegatingWrapper):
         instr = e[:, query_length:] if e.shape[1] > query_length else e
         return torch.softmax(self.router(instr.mean(dim=1).to(self.router.weight.dtype)), dim=-1)
 
+    def mix_experts(self, e: Tensor, g: Tensor) -> Tensor:
+        """``Σ_k g_k (up_k (down_k e + down_bias_k) + up_bias_k)`` for ``e`` (B, L, d), ``g`` (B, K).
+
+        All experts in two GEMMs: the K down projections stacked into one (K·R, d) matrix, the gate
+        weights moved onto the rank-R activations (``g_k`` commutes with ``up_k``), and the K up
+        projections side by side as one (d, K·R) matrix; the biases mix as ``g @ up_bias``.
+        """
+        K, R, d = self.down.shape
+        B, L = e.shape[0], e.shape[1]
+        h = F.linear(e, self.down.to(e.dtype).reshape(K * R, d), self.down_bias.to(e.dtype).reshape(K * R))
+        h = (h.view(B, L, K, R) * g[:, None, :, None]).view(B, L, K * R)
+        up = self.up.to(e.dtype).permute(1, 0, 2).reshape(d, K * R)
+        return torch.baddbmm((g @ self.up_bias.to(e.dtype))[:, None, :], h, up.T.expand(B, K * R, d))
+
     def forward(self, *args, **kwargs):
         e = self.base_layer(*args, **kwargs)
         query_embeds = kwargs.get("query_embeds")
         query_length = query_embeds.shape[1] if query_embeds is not None else e.shape[1]
         g = self.gates(e, query_length).to(e.dtype)                              # (B, K)
-        h = torch.einsum("bld,krd->bklr", e, self.down.to(e.dtype)) + self.down_bias.to(e.dtype)[:, None]
-        y = torch.einsum("bklr,kdr->bkld", h, self.up.to(e.dtype)) + self.up_bias.to(e.dtype)[:, None]
-        mixed = torch.einsum("bk,bkld->bld", g, y)
+        mixed = self.mix_experts(e, g)
         if self.identity:
             mixed = mixed + e
         return self.res * e + self.mix * mixed

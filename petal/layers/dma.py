@@ -26,7 +26,9 @@ from torch import Tensor, nn
 
 import petal_kernels
 
+from .attention_core import additive_mask, attention
 from .base import AdapterWrapper, run_forward_hooks
+from .fast_dropout import keep_mask
 
 MODALITIES = ("query", "instruction", "image")
 QUERY_LENGTH_KWARG = "petal_query_length"
@@ -120,6 +122,7 @@ class DMAAttention(DelegatingWrapper):
         self.gamma = (nn.ParameterDict({name: nn.Parameter(torch.ones(N)) for name in self.projections})
                       if gamma else None)
         self._merge_full = False
+        self.fast_attention = True  # attention_core.attention instead of transformers' attention function
 
     # ------------------------------------------------------------------ the update
 
@@ -185,8 +188,8 @@ class DMAAttention(DelegatingWrapper):
         if self.merged:
             scale = scale - self._merge_ref(factors, modalities)
         elif self.training and self.dropout > 0:
-            keep = torch.empty(*x.shape[:-1], self.shared.rank, device=x.device, dtype=scale.dtype)
-            scale = scale * keep.bernoulli_(1 - self.dropout) / (1 - self.dropout)
+            like = torch.empty(*x.shape[:-1], self.shared.rank, device=x.device, dtype=scale.dtype)
+            scale = scale * keep_mask(like, self.dropout) * (1 / (1 - self.dropout))
         scales = [scale * self._coef(factors, n) for n in names]
         ups = [self._up(factors, n) for n in names]
         gammas = None
@@ -227,11 +230,17 @@ class DMAAttention(DelegatingWrapper):
         q = out["query"].view(*hidden_states.shape[:-1], -1, head).transpose(1, 2)
         k = out["key"].view(*current.shape[:-1], -1, head).transpose(1, 2)
         v = out["value"].view(*current.shape[:-1], -1, head).transpose(1, 2)
+        dropout = base.attention_dropout if self.training else 0.0
+        if self.fast_attention and not base._forward_hooks and not kwargs and 0 <= dropout < 1 \
+                and getattr(base.config, "_attn_implementation", None) in (None, "eager", "sdpa"):
+            supported, additive = additive_mask(mask, q.dtype)
+            if supported:
+                return attention(q, k, v, additive, base.scaling, dropout), None
         hf = _attention_module_globals(base)
         interface = hf.ALL_ATTENTION_FUNCTIONS.get_interface(base.config._attn_implementation,
                                                              hf.eager_attention_forward)
         attn_output, attn_weights = interface(
-            base, q, k, v, mask, dropout=0.0 if not self.training else base.attention_dropout,
+            base, q, k, v, mask, dropout=dropout,
             scaling=base.scaling, **kwargs)
         attn_output = attn_output.reshape(*attn_output.shape[:2], -1).contiguous()
         return run_forward_hooks(base, (hidden_states,), {}, (attn_output, attn_weights))

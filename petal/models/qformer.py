@@ -20,6 +20,7 @@ from torch import nn
 from ..config import PetalConfig
 from ..layers.aim import AIMEmbeddings, InstructionMerge, expand_instructions
 from ..layers.dma import QUERY_LENGTH_KWARG, DMAAttention, DMAShared, QueryTransform
+from .qformer_fast import install_fast_paths
 
 QFORMER_CLASSES = ("InstructBlipQFormerModel", "Blip2QFormerModel")
 COMPOSITE_CLASSES = ("InstructBlipForConditionalGeneration", "Blip2ForConditionalGeneration")
@@ -90,6 +91,7 @@ def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> N
             state.added.append(f"{dot}petal_instruction_merge")
             state.handles.append(qformer.register_forward_pre_hook(_multi_pre_hook, with_kwargs=True))
             state.handles.append(qformer.register_forward_hook(_multi_post_hook))
+    state.handles.extend(install_fast_paths(qformer))
 
 
 # ---------------------------------------------------------------------- multi-instruction
