@@ -10,6 +10,10 @@
 
 Each result records the step's ratio to full fine-tuning (and to LoRA), the trainable parameter
 count and the peak memory of the first step (activations, gradients and the AdamW state it creates).
+
+The presets of one model are timed interleaved: all are built first, and before each timed step of
+one preset, one untimed step of every other preset runs. A burst of load from elsewhere on the
+machine then slows all presets alike instead of skewing the ratios between them.
 """
 
 from __future__ import annotations
@@ -117,13 +121,40 @@ def petal_kernels_backend() -> str:
     return petal_kernels.backend_name(torch.device("cpu"))
 
 
-def _run(benchmark, scale, floor_times, model: str, preset: str, setup: StepSetup, baselines: tuple):
-    rounds = 5 if scale == "full" else 3
-    # the first step, profiled, is the warm-up: its peak covers activations, gradients and the AdamW
-    # state it allocates, i.e. the training memory beyond the model's weights
-    peak = memory.peak_bytes(setup.step, "cpu")
+class Family:
+    """The presets of one model, built once, each with the peak memory of its first (profiled) step."""
+
+    def __init__(self, build: Callable[[str], StepSetup], presets: tuple):
+        self.setups = {p: build(p) for p in presets}
+        # the first step allocates the AdamW state: its peak covers activations, gradients and that
+        # state, i.e. the training memory beyond the model's weights
+        self.peaks = {p: memory.peak_bytes(s.step, "cpu") for p, s in self.setups.items()}
+
+    def others(self, preset: str) -> Callable[[], None]:
+        def run():  # untimed: one step of every other preset before each timed round
+            for p, s in self.setups.items():
+                if p != preset:
+                    s.step()
+        return run
+
+
+@pytest.fixture(scope="module")
+def qformer_family() -> Family:
+    return Family(setup_qformer_step, QFORMER_PRESETS)
+
+
+@pytest.fixture(scope="module")
+def t5_family(scale) -> Family:
+    layers = 2 if scale == "full" else 1
+    return Family(lambda preset: setup_t5_step(preset, layers), T5_PRESETS)
+
+
+def _run(benchmark, scale, floor_times, model: str, preset: str, family: Family, baselines: tuple):
+    setup = family.setups[preset]
+    rounds = 7 if scale == "full" else 5
+    peak = family.peaks[preset]
     benchmark.group = f"{model} training step cpu float32 B={BATCH}"
-    benchmark.pedantic(setup.step, rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(setup.step, setup=family.others(preset), rounds=rounds, iterations=1, warmup_rounds=1)
     info = {"op": f"{model}_step", "impl": preset, "device": "cpu", "dtype": "float32", "mode": "step",
             "B": BATCH, "backend": setup.backend, "threads": torch.get_num_threads(),
             "trainable_params": setup.trainable, "total_params": setup.total}
@@ -142,9 +173,8 @@ def _run(benchmark, scale, floor_times, model: str, preset: str, setup: StepSetu
 
 
 @pytest.mark.parametrize("preset", QFORMER_PRESETS)
-def test_qformer_step(benchmark, scale, floor_times, preset):
-    setup = setup_qformer_step(preset)
-    info = _run(benchmark, scale, floor_times, "qformer", preset, setup, ("full", "lora"))
+def test_qformer_step(benchmark, scale, floor_times, qformer_family, preset):
+    info = _run(benchmark, scale, floor_times, "qformer", preset, qformer_family, ("full", "lora"))
     if preset == "full":
         assert info["trainable_params"] == info["total_params"]
     else:
@@ -152,10 +182,8 @@ def test_qformer_step(benchmark, scale, floor_times, preset):
 
 
 @pytest.mark.parametrize("preset", T5_PRESETS)
-def test_t5_step(benchmark, scale, floor_times, preset):
-    layers = 2 if scale == "full" else 1
-    setup = setup_t5_step(preset, layers)
-    info = _run(benchmark, scale, floor_times, "t5", preset, setup, ("full",))
+def test_t5_step(benchmark, scale, floor_times, t5_family, preset):
+    info = _run(benchmark, scale, floor_times, "t5", preset, t5_family, ("full",))
     if preset == "full":
         assert info["trainable_params"] == info["total_params"]
     else:
