@@ -64,3 +64,13 @@ def test_imports_and_warns_without_extension(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PETAL_BACKEND"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("available, expected", [
+    ({"triton", "cuda"}, "triton"), ({"cuda"}, "cuda"), (set(), "reference"),
+])
+def test_cuda_tensors_default_to_triton(monkeypatch, available, expected):
+    """Issue 3: on a CUDA machine the Triton kernels run CUDA tensors, the CUDA C++ ones when Triton
+    is missing, the reference when neither is there (simulated: no GPU here)."""
+    monkeypatch.setattr(_backend, "_supports", lambda name, device: name in available)
+    assert _backend._default(torch.device("cuda")) == expected
