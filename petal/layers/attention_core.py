@@ -23,14 +23,16 @@ def additive_mask(mask: Optional[Tensor], dtype: torch.dtype) -> tuple[bool, Opt
     an additive float mask (eager), or a boolean keep mask (SDPA, turned into 0 / -inf as SDPA does).
 
     A boolean mask with a fully masked query row is not supported: SDPA zeroes such rows, a plain
-    softmax would not.
+    softmax would not. Checking for one needs the mask's values on the host, so off the CPU boolean
+    masks are left to ``transformers``.
     """
     if mask is None:
         return True, None
     if not isinstance(mask, Tensor) or mask.dim() != 4:
         return False, None
     if mask.dtype == torch.bool:
-        if not bool(mask.any(dim=-1).all()):
+        # the fully-masked-row test would synchronise a GPU with the host: transformers' path there
+        if mask.device.type != "cpu" or not bool(mask.any(dim=-1).all()):
             return False, None
         additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
         return True, additive.masked_fill_(~mask, float("-inf"))
