@@ -26,7 +26,7 @@ def keep_mask(like: Tensor, p: float) -> Tensor:
     threshold = round(p * 2 ** 32) - 2 ** 31
     if threshold >= 2 ** 31:  # p within 2⁻³³ of 1: nothing is kept
         return torch.zeros_like(like)
-    return (u >= torch.tensor(threshold, dtype=torch.int32, device=like.device)).to(like.dtype)
+    return (u >= threshold).to(like.dtype)  # a Python int: compared in int32, no host-to-device copy
 
 
 __all__ = ["keep_mask"]
