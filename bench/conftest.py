@@ -12,9 +12,13 @@ dropout mask on the rank-R bottleneck folded into a per-row scale), ``reference`
 ``compile`` (``torch.compile`` of it), ``lora``/``lora_p0.1`` (peft LoRA at the same rank, dropout 0
 and 0.1), ``official`` (PETAL's official unfused form), ``unfused`` (VL-PET's unfused epilogue).
 
-Grid: ``--bench-scale full`` or ``PETAL_BENCH_FULL=1`` runs the whole shape grid of issue #5; the
-default grid fits in 10 minutes on 2 CPU cores. CUDA cases exist for every op and are skipped where
-CUDA is absent.
+Grid (CPU): every implementation in every mode at the headline shapes (Q-Former self- and
+cross-attention width at 2048 rows), plus a sweep over the whole shape grid of issue #5 (K in {768,
+1408}, R in {16, 64, 128}, rows in {512, 2048, 8192}, the LLM width d=4096; for ``gated_residual``
+d in {768, 4096} at 512/2048/8192 rows) with the floor, petal and the baselines it is compared with,
+forward+backward only; together within 10 minutes on 2 CPU cores. ``--bench-scale full`` or
+``PETAL_BENCH_FULL=1`` runs every implementation and mode at every shape. CUDA cases exist for every
+op and are skipped where CUDA is absent.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ QFORMER_D = 768
 LLM_D = 4096
 DMA_IMPLS = ("floor", "petal", "petal_p0.1", "reference", "compile", "lora", "lora_p0.1", "official")
 GATED_IMPLS = ("floor", "petal", "unfused", "compile")
+# the shape sweep of the default grid: the comparisons of issue #5, forward+backward only
+SWEEP_IMPLS = {"dma_linear": ("floor", "petal", "lora", "official"),
+               "dma_linear_multi": ("floor", "petal", "lora", "official"),
+               "gated_residual": ("floor", "petal", "unfused")}
+SWEEP_MODES = ("full",)
+FLOOR_FREE_DIMS = ("g", "p")  # gated_residual's granularity and dropout: one floor serves them all
 GRANULARITIES = ("large", "middleX", "middleY", "small")
 VLPET_DROPOUT = 0.1
 VLPET_GATE_SCALE = 0.3
@@ -78,6 +88,13 @@ def pytest_configure(config):
             setattr(dynamo.config, name, 256)
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The end-to-end training steps run first, in a process that has done nothing else yet, as a
+    training run would: after the op benchmarks (thousands of short-lived tensors of every size) the
+    allocator's state moved the step times by more than the step targets' margins."""
+    items.sort(key=lambda item: 0 if item.path.name == "test_qformer_step.py" else 1)
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch"] = torch.__version__
     machine_info["torch_threads"] = torch.get_num_threads()
@@ -103,13 +120,16 @@ class Param:
     dims: tuple[tuple[str, Any], ...]
     mode: str
     impl: str
+    sweep: bool = False  # part of the default grid's shape sweep (fewer rounds)
 
     @property
     def shape(self) -> dict[str, Any]:
         return dict(self.dims)
 
     def floor_key(self) -> tuple:
-        return (self.op, self.device, self.dtype, self.dims, self.mode)
+        """The floor's case: the frozen layers do not depend on the adapter's gate or dropout."""
+        dims = tuple((k, v) for k, v in self.dims if k not in FLOOR_FREE_DIMS)
+        return (self.op, self.device, self.dtype, dims, self.mode)
 
     def setup_key(self) -> tuple:
         return (self.op, self.device, self.dtype, self.dims, self.impl)
@@ -133,7 +153,7 @@ def dma_shapes(scale: str, device: str, multi: bool) -> list[dict[str, Any]]:
     ``dma_linear_multi`` adapts the projections that read one input: q, k, v (J=3) of the
     self-attention when K=N, k and v (J=2) of the cross-attention over 1408-wide image features.
     """
-    if scale == "full":
+    if scale in ("full", "sweep"):
         qformer = [(rows, k, r) for k in (768, 1408) for r in (16, 64, 128) for rows in (512, 2048, 8192)]
         llm_rows = (512,) if device == "cpu" else (512, 2048, 8192)
     elif device == "cpu":
@@ -153,6 +173,8 @@ def dma_shapes(scale: str, device: str, multi: bool) -> list[dict[str, Any]]:
 def gated_shapes(scale: str, device: str) -> list[dict[str, Any]]:
     if scale == "full":
         dims = [(rows, d) for d in (QFORMER_D, LLM_D) for rows in (512, 2048, 8192)]
+    elif scale == "sweep":  # the Q-Former width at every row count, the LLM width once
+        dims = [(512, QFORMER_D), (2048, QFORMER_D), (8192, QFORMER_D), (2048, LLM_D)]
     else:
         dims = [(2048, QFORMER_D)] if device == "cpu" else [(8192, QFORMER_D), (8192, LLM_D)]
     # p=0.1 is training as VL-PET runs it (both forms pay the same mask generation);
@@ -168,15 +190,26 @@ def block_shapes(scale: str, device: str) -> list[dict[str, Any]]:
 
 
 def _grid(op: str, shapes_for: Callable[[str, str], list], impls: Sequence[str], scale: str) -> list:
-    """Params ordered so that, for each shape and mode, the floor runs before the others."""
+    """Params ordered so that, for each shape and mode, the floor runs before the others. The default
+    CPU grid adds the shape sweep (the shapes of the full grid not among the headline ones)."""
     params = []
     for device in ("cpu", "cuda"):
         marks = [] if device == "cpu" else [
             pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available here")]
-        for shape in shapes_for(scale, device):
-            for impl in impls:
-                for mode in MODES:
-                    p = Param(op, device, _dtype_for(device), tuple(shape.items()), mode, impl)
+        cases = [(shape, impls, MODES, False) for shape in shapes_for(scale, device)]
+        if scale == "default" and device == "cpu" and op in SWEEP_IMPLS:
+            headline = [c[0] for c in cases]
+            cases += [(shape, SWEEP_IMPLS[op], SWEEP_MODES, True) for shape in shapes_for("sweep", device)
+                      if shape not in headline]
+        floors = set()
+        for shape, case_impls, modes, sweep in cases:
+            for impl in case_impls:
+                for mode in modes:
+                    p = Param(op, device, _dtype_for(device), tuple(shape.items()), mode, impl, sweep)
+                    if impl == "floor":
+                        if p.floor_key() in floors:
+                            continue
+                        floors.add(p.floor_key())
                     params.append(pytest.param(p, marks=marks, id=str(p)))
     return params
 
@@ -487,13 +520,14 @@ def measure(benchmark, request, setup_cache, floor_times):
         device = torch.device(param.device)
         setup = setup_cache.get(param)
         fn = _callable_for(setup, param.mode, device)
-        rounds = _rounds(fn, budget, min_rounds=5, max_rounds=200)
+        rounds = _rounds(fn, budget, 3 if param.sweep else 5, 200)
         benchmark.group = param.group
         benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
 
         info: dict[str, Any] = {
             "op": param.op, "impl": param.impl, "device": param.device, "dtype": param.dtype,
             "mode": param.mode, **param.shape, "backend": setup.backend, "threads": torch.get_num_threads(),
+            "sweep": param.sweep,
         }
         stats = benchmark.stats.stats if benchmark.stats is not None else None
         if stats is not None:

@@ -190,6 +190,9 @@ def _dma_backward(ctx, dys):
 
 
 def _dma_setup(ctx, x, weights, down, ups, scales, gammas, ys, t, bases):
+    # t and the bases never receive a gradient: without this autograd would hand the backward an
+    # (M, N) block of zeros per base (a fresh multi-MB allocation and fill per projection per step)
+    ctx.set_materialize_grads(False)
     ctx.num_projections = len(weights)
     ctx.has_gamma = [g is not None for g in gammas]
     ctx.needs = _dma_needs(x, down, ups, scales, gammas)

@@ -15,6 +15,46 @@ from bench import memory, report
 MIB = 1024 ** 2
 
 
+# --------------------------------------------------------------------------- the default grid
+
+
+def _params(grid: str, scale: str = "default") -> list:
+    from bench import conftest as bench_conftest
+
+    return [p.values[0] for p in bench_conftest.GRIDS[grid](scale) if p.values[0].device == "cpu"]
+
+
+@pytest.mark.parametrize("grid", ["dma_linear_param", "dma_linear_multi_param"])
+def test_default_grid_sweeps_every_shape_of_the_issue(grid):
+    params = _params(grid)
+    full = {(p.shape["M"], p.shape["K"], p.shape["R"], p.impl) for p in params if p.mode == "full"}
+    for M in (512, 2048, 8192):
+        for K in (768, 1408):
+            for R in (16, 64, 128):
+                for impl in ("floor", "petal", "lora", "official"):
+                    assert (M, K, R, impl) in full, (M, K, R, impl)
+    assert any(p.shape["K"] == 4096 and p.shape["N"] == 4096 and p.impl == "petal" for p in params)
+    # every implementation and mode at the headline shapes only
+    headline = [p for p in params if not p.sweep]
+    assert {p.impl for p in headline} >= {"compile", "reference", "lora_p0.1", "petal_p0.1"}
+    assert {p.mode for p in headline} == {"forward", "backward", "full"}
+    swept = [p for p in params if p.sweep]
+    assert all(p.mode == "full" and p.impl in ("floor", "petal", "lora", "official") for p in swept)
+    assert len({str(p) for p in params}) == len(params)
+
+
+def test_gated_grid_times_one_floor_per_shape_and_mode():
+    params = _params("gated_residual_param")
+    floors = [p for p in params if p.impl == "floor"]
+    assert len({p.floor_key() for p in floors}) == len(floors)
+    shapes = {(p.shape["B"] * p.shape["T"], p.shape["d"]) for p in params}
+    assert shapes == {(512, 768), (2048, 768), (8192, 768), (2048, 4096)}
+    for rows, d in shapes:  # each case's floor is in the grid
+        cases = [p for p in params if (p.shape["B"] * p.shape["T"], p.shape["d"]) == (rows, d)]
+        assert {p.floor_key() for p in cases if p.impl != "floor"} <= {p.floor_key() for p in floors}
+        assert len({(p.shape["g"], p.shape["p"]) for p in cases}) == 8
+
+
 # --------------------------------------------------------------------------- saved bytes
 
 
@@ -172,3 +212,41 @@ def test_report_finds_the_newest_autosave_and_rejects_other_json(tmp_path):
         report.load_runs([new])
     with pytest.raises(FileNotFoundError, match="no benchmark JSON"):
         report.find_latest(tmp_path / "empty")
+
+
+def test_report_sweep_table_and_summarised_sweep_target(tmp_path):
+    run = _fabricated_run()
+    shape = dict(M=512, K=1408, N=768, R=16, J=2, sweep=True)
+    for impl, t, saved in (("floor", 0.010, 0), ("petal", 0.0115, 64 * 1024), ("lora", 0.016, 3 * MIB),
+                           ("official", 0.014, MIB)):
+        run["benchmarks"].append(_bench("dma_linear_multi", impl, "full", t, saved_bytes=saved, **shape))
+    for d, unfused in ((768, 0.009), (4096, 0.005)):  # 3.0x and 1.67x: one of two sweep cases meets 2x
+        dims = dict(B=2, T=256, d=d, g="small", p=0.1, sweep=True)
+        for impl, t, saved in (("floor", 0.002, 0), ("petal", 0.003, 0), ("unfused", unfused, MIB)):
+            run["benchmarks"].append(_bench("gated_residual", impl, "full", t, saved_bytes=saved, **dims))
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    assert report.main([str(path), "--out", str(tmp_path), "--no-charts"]) == 0
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    # the sweep shape gets one row: floor time, ratios, petal's speed-ups, saved MiB
+    row = next(line for line in text.splitlines() if line.startswith("| M=512 K=1408"))
+    assert "| 10.00 ms | 1.15× | 1.60× | 1.40× | 1.39× | 1.22× | 0.06 | 3.00 | 1.00 |" in row
+    # the sweep shape has no per-mode table of its own and no own target line
+    assert "**cpu float32, M=512 K=1408" not in text
+    sweep = next(line for line in text.splitlines() if "shape sweep (2 cases" in line)
+    assert "1 of 2 cases; slowest 1.67×" in sweep and "| MISSED |" in sweep
+
+
+def test_report_step_targets_use_the_paired_cycle_ratios(tmp_path):
+    run = _fabricated_run()
+    for b in run["benchmarks"]:  # medians say 1.0/1.34 = 0.75x lora; the paired cycles say 0.9x
+        if b["extra_info"]["op"] == "qformer_step" and b["extra_info"]["impl"] == "petal":
+            b["extra_info"].update(ratio_to_lora=0.9, ratio_to_lora_range=[0.8, 1.1], ratio_to_full=0.45,
+                                   ratio_to_full_range=[0.4, 0.5], cycles=8)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    verdicts = {t: (m, v) for t, m, v in report.check_targets(report.records(report.load_runs([path])))}
+    measured, verdict = verdicts["Q-Former step, preset `petal` ≤ 0.85× the peft LoRA step"]
+    assert verdict == "MISSED" and measured.startswith("0.90× (median of 8 paired cycles; range 0.80–1.10×)")
+    measured, verdict = verdicts["Q-Former step, preset `petal` ≤ 0.5× full fine-tuning"]
+    assert verdict == "met" and measured.startswith("0.45×")

@@ -120,6 +120,27 @@ def test_multi_equals_separate_calls(backend_name):
             assert rel_err(y, single) <= 1e-6
 
 
+@pytest.mark.parametrize("backend_name", CPU_BACKENDS)
+def test_multi_with_unused_outputs(backend_name):
+    """Outputs that never reach the loss hand the backward no gradient (None, not a block of zeros):
+    the gradients equal those of the used projection alone."""
+    inputs = _multi_inputs((3, 5), 12, 4, (8, 8, 6), ("vector", "row", "vector"), (True, True, False))
+    inputs = {k: (v.float().detach().requires_grad_(v.requires_grad) if v is not None else None)
+              for k, v in inputs.items()}
+    names = [k for k, v in inputs.items() if v is not None and v.requires_grad]
+    with pk.use_backend(backend_name):
+        ys = _multi(pk.dma_linear_multi)(**inputs)
+        got = torch.autograd.grad((ys[1] ** 2).sum(), [inputs[n] for n in names], allow_unused=True)
+        single = pk.dma_linear(inputs["x"], inputs["weight1"], inputs["bias1"], inputs["down"],
+                               inputs["up1"], inputs["scale1"], inputs["gamma1"])
+        want = torch.autograd.grad((single ** 2).sum(), [inputs[n] for n in names], allow_unused=True)
+    for name, g, w in zip(names, got, want):
+        if w is None:  # parameters of the unused projections
+            assert g is None or not g.any(), name
+        else:
+            assert rel_err(g, w) <= 1e-5, name
+
+
 @pytest.mark.parametrize("backend_name", [b for b in CPU_BACKENDS if b != "triton"])
 def test_gradcheck(backend_name):
     inputs = make_inputs((2, 3), 7, 5, 3, "batch", True, True, False)

@@ -32,6 +32,17 @@ def test_keep_mask_rate_dtype_and_values(p):
     assert abs((m == 0).double().mean().item() - p) < 5e-3
 
 
+def test_keep_mask_with_a_value_scales_the_same_draw():
+    like = torch.empty(1000, dtype=torch.bfloat16)
+    torch.manual_seed(4)
+    ones = fast_dropout.keep_mask(like, 0.2)
+    torch.manual_seed(4)
+    scaled = fast_dropout.keep_mask(like, 0.2, 1 / 0.8)
+    assert scaled.dtype == torch.bfloat16
+    torch.testing.assert_close(scaled, ones * (1 / 0.8))
+    assert set(scaled.float().unique().tolist()) == {0.0, float(torch.tensor(1 / 0.8, dtype=torch.bfloat16))}
+
+
 def test_keep_mask_keeps_all_at_zero_and_follows_the_seed():
     like = torch.empty(3, 5, 7)
     assert bool((fast_dropout.keep_mask(like, 0.0) == 1).all())
@@ -91,12 +102,13 @@ def test_attention_dropout_is_on_the_probabilities(monkeypatch):
     fixed = (torch.rand(2, 3, 4, 6, generator=torch.Generator().manual_seed(5)) > 0.25).double()
     calls = []
     monkeypatch.setattr(attention_core, "keep_mask",
-                        lambda like, p: (calls.append(p), fixed.reshape(like.shape))[1])
+                        lambda like, p, value=1.0: (calls.append((p, value)),
+                                                    fixed.reshape(like.shape) * value)[1])
     out = attention_core.attention(q, k, v, None, 0.3, 0.25)
     probs = torch.softmax(q @ k.transpose(-1, -2) * 0.3, dim=-1)
     ref = ((probs * fixed / 0.75) @ v).transpose(1, 2).reshape(2, 4, -1)
     torch.testing.assert_close(out, ref)
-    assert calls == [0.25]
+    assert calls == [(0.25, 1 / 0.75)]
 
 
 def test_additive_mask_refuses_fully_masked_rows_and_integer_masks():
@@ -209,7 +221,8 @@ def test_patched_qformer_drops_out_at_the_transformers_places(monkeypatch):
     hf_rates.clear()
     real_mask = fast_dropout.keep_mask
     for module in (attention_core, qformer_fast):
-        monkeypatch.setattr(module, "keep_mask", lambda like, p: (ours.append(p), real_mask(like, p))[1])
+        monkeypatch.setattr(module, "keep_mask",
+                            lambda like, p, value=1.0: (ours.append(p), real_mask(like, p, value))[1])
     fast(**inputs)
     assert sorted(ours + hf_rates) == expected  # embeddings dropout stays transformers'
     assert len(expected) == 11 and ours.count(0.2) == 3

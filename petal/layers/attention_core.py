@@ -2,10 +2,10 @@
 passes than ``transformers``' eager path or SDPA's math path (which CPU training takes whenever the
 attention dropout is non-zero).
 
-The scaling rides in the score GEMM (``baddbmm``'s ``alpha``), the mask is added in place, and the
-dropout's ``1/(1-p)`` rides in the output GEMM's ``alpha``: only the 0/1 keep mask is multiplied in.
-The math equals ``eager_attention_forward`` / SDPA (same dropout rate at the same place) up to float
-rounding.
+The scaling is applied to q (the shorter side in cross-attention: a GEMM's ``alpha`` would scale the
+key-sized gradient in the backward), the mask is added in place, and the dropout's ``1/(1-p)`` is in
+the keep mask's values, so neither product's backward has an extra pass. The math equals
+``eager_attention_forward`` / SDPA (same dropout rate at the same place) up to float rounding.
 """
 
 from __future__ import annotations
@@ -47,17 +47,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scaling: 
     (B, H, Lq, Lk); ``dropout`` the probability rate (0 in eval). Returns the output (B, Lq, H·D)."""
     B, H, Lq, D = q.shape
     Lk = k.shape[-2]
-    q3, k3, v3 = q.reshape(B * H, Lq, D), k.reshape(B * H, Lk, D), v.reshape(B * H, Lk, D)
-    unused = q3.new_zeros(())
-    scores = torch.baddbmm(unused, q3, k3.transpose(1, 2), beta=0.0, alpha=scaling)
+    q3 = q.reshape(B * H, Lq, D) * scaling
+    k3, v3 = k.reshape(B * H, Lk, D), v.reshape(B * H, Lk, D)
+    scores = torch.bmm(q3, k3.transpose(1, 2))
     if mask is not None:
         scores.view(B, H, Lq, Lk).add_(mask)
     probs = torch.softmax(scores, dim=-1)
-    out_scale = 1.0
     if dropout > 0:
-        probs = probs * keep_mask(probs, dropout)
-        out_scale = 1.0 / (1 - dropout)
-    out = torch.baddbmm(unused, probs, v3, beta=0.0, alpha=out_scale)
+        probs = probs * keep_mask(probs, dropout, 1.0 / (1 - dropout))
+    out = torch.bmm(probs, v3)
     return out.view(B, H, Lq, D).transpose(1, 2).reshape(B, Lq, H * D)
 
 

@@ -15,9 +15,10 @@ from torch import Tensor
 _INT64_MIN = -(2 ** 63)
 
 
-def keep_mask(like: Tensor, p: float) -> Tensor:
-    """A tensor shaped like ``like`` (its dtype and device) holding 1 with probability ``1-p`` and 0
-    otherwise (``0 <= p < 1``); the caller applies the ``1/(1-p)`` scale where it is free."""
+def keep_mask(like: Tensor, p: float, value: float = 1.0) -> Tensor:
+    """A tensor shaped like ``like`` (its dtype and device) holding ``value`` with probability ``1-p``
+    and 0 otherwise (``0 <= p < 1``): 1 where the caller applies the ``1/(1-p)`` scale elsewhere,
+    ``1/(1-p)`` for the scaled mask."""
     if not 0 <= p < 1:
         raise ValueError(f"p must be in [0, 1), got {p!r}")
     n = like.numel()
@@ -26,7 +27,8 @@ def keep_mask(like: Tensor, p: float) -> Tensor:
     threshold = round(p * 2 ** 32) - 2 ** 31
     if threshold >= 2 ** 31:  # p within 2⁻³³ of 1: nothing is kept
         return torch.zeros_like(like)
-    return (u >= threshold).to(like.dtype)  # a Python int: compared in int32, no host-to-device copy
+    mask = (u >= threshold).to(like.dtype)  # a Python int: compared in int32, no host-to-device copy
+    return mask if value == 1 else mask.mul_(value)
 
 
 __all__ = ["keep_mask"]
