@@ -356,7 +356,8 @@ def _step_ratio(steps: dict, preset: str, base: str) -> tuple[float, str]:
 def targets_section(recs: list[dict]) -> list[str]:
     results = check_targets(recs)
     lines = ["## Targets (issue #5, CPU, same run)", "",
-             "Every ratio is a median time over the floor's median from the same run."]
+             "Op ratios are a median time over the floor's median from the same run; step ratios the "
+             "median over interleaved cycles of the ratio of two presets' steps in the same cycle."]
     missed = [t for t, _, v in results if v == "MISSED"]
     if missed:
         lines.append(f"**{len(missed)} target(s) missed** (marked MISSED below).")
