@@ -51,6 +51,8 @@ SWEEP_IMPLS = {"dma_linear": ("floor", "petal", "lora", "official"),
                "dma_linear_multi": ("floor", "petal", "lora", "official"),
                "gated_residual": ("floor", "petal", "unfused")}
 SWEEP_MODES = ("full",)
+PAIRED_OPS = ("dma_linear", "dma_linear_multi")  # headline fwd+bwd also timed in pairs with the floor
+PAIRS = 15
 FLOOR_FREE_DIMS = ("g", "p")  # gated_residual's granularity and dropout: one floor serves them all
 GRANULARITIES = ("large", "middleX", "middleY", "small")
 VLPET_DROPOUT = 0.1
@@ -470,6 +472,22 @@ def _rounds(fn: Callable[[], Any], budget_s: float, min_rounds: int, max_rounds:
     return max(min_rounds, min(max_rounds, int(budget_s / once)))
 
 
+def _paired_ratios(fn: Callable[[], Any], floor_fn: Callable[[], Any], pairs: int) -> list[float]:
+    """``fn``'s time over the floor's, each pair timed back to back (order alternating), so a drift of
+    the machine's speed between the two medians taken apart cancels."""
+    fn(), floor_fn()
+    ratios = []
+    order = (("impl", fn), ("floor", floor_fn))
+    for i in range(pairs):
+        times = {}
+        for name, f in order if i % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            f()
+            times[name] = time.perf_counter() - start
+        ratios.append(times["impl"] / times["floor"])
+    return ratios
+
+
 def _inline_median(fn: Callable[[], Any], rounds: int) -> tuple[float, float]:
     times = []
     for _ in range(rounds):
@@ -550,6 +568,11 @@ def measure(benchmark, request, setup_cache, floor_times):
                             ratio_min_to_floor=fastest / floor_min, floor_source=source)
             if setup.flops:
                 info.update(flops=setup.flops[param.mode], tflops=setup.flops[param.mode] / median / 1e12)
+        if param.op in PAIRED_OPS and param.mode == "full" and param.impl != "floor" and not param.sweep:
+            floor = SETUPS[param.op]("floor", param.device, param.dtype, **param.shape)
+            ratios = _paired_ratios(fn, _callable_for(floor, "full", device), PAIRS)
+            info.update(paired_ratio_to_floor=statistics.median(ratios),
+                        paired_ratio_range=[min(ratios), max(ratios)], pairs=len(ratios))
         if setup.saved_bytes is None:  # a property of the forward: once per setup, not per mode
             setup.saved_bytes = memory.saved_bytes(setup.forward, setup.keep)
         info["saved_bytes"] = setup.saved_bytes

@@ -250,3 +250,36 @@ def test_report_step_targets_use_the_paired_cycle_ratios(tmp_path):
     assert verdict == "MISSED" and measured.startswith("0.90× (median of 8 paired cycles; range 0.80–1.10×)")
     measured, verdict = verdicts["Q-Former step, preset `petal` ≤ 0.5× full fine-tuning"]
     assert verdict == "met" and measured.startswith("0.45×")
+
+
+def test_report_dma_target_uses_the_paired_ratio(tmp_path):
+    run = _fabricated_run()
+    for b in run["benchmarks"]:  # medians taken apart say 1.10x; back-to-back pairs say 1.22x
+        e = b["extra_info"]
+        if e["op"] == "dma_linear_multi" and e["impl"] == "petal" and e["mode"] == "full":
+            e.update(paired_ratio_to_floor=1.22, paired_ratio_range=[1.15, 1.3], pairs=15)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    assert report.main([str(path), "--out", str(tmp_path), "--no-charts"]) == 0
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    line = next(line for line in text.splitlines() if "≤ 1.20× the frozen floor" in line)
+    assert "1.22× (median of 15 back-to-back pairs with the floor, range 1.15–1.30×" in line
+    assert "| MISSED |" in line
+    assert "| 22.00 ms | 1.10× | – | 1.22× |" in text  # the both-mode ratio, by min (absent), paired
+
+
+def test_paired_ratios_alternate_and_time_both():
+    from bench import conftest as bench_conftest
+
+    calls = []
+
+    def fast():
+        calls.append("impl")
+
+    def slow():
+        calls.append("floor")
+        time.sleep(0.002)
+
+    ratios = bench_conftest._paired_ratios(fast, slow, 4)
+    assert len(ratios) == 4 and all(0 < r < 1 for r in ratios)
+    assert calls[2:6] == ["impl", "floor", "floor", "impl"]  # after one warm-up call each
