@@ -29,7 +29,7 @@ def dma_linear(x, weight, bias, down, up, scale, gamma=None):
     """``gamma * (x @ weight.T) + bias + ((x @ down.T) * scale) @ up.T``; ``weight``/``bias`` frozen."""
     x, weight, bias, down, up, scale, gamma = autocast_args(x, weight, bias, down, up, scale, gamma)
     _checks.dma_linear(x, weight, bias, down, up, scale, gamma)
-    return _ops.dma_linear_op(x, weight, bias, down, up, scale, gamma)[0]
+    return _ops.dma_linear(x, weight, bias, down, up, scale, gamma)
 
 
 def dma_linear_multi(x, weights, biases, down, ups, scales, gammas=None):
@@ -43,7 +43,7 @@ def dma_linear_multi(x, weights, biases, down, ups, scales, gammas=None):
     x, down, *flat = autocast_args(x, down, *weights, *biases, *ups, *scales, *gammas)
     weights, biases, ups, scales, gammas = (list(flat[i * J:(i + 1) * J]) for i in range(5))
     _checks.dma_linear_multi(x, weights, biases, down, ups, scales, gammas)
-    return tuple(_ops.dma_linear_multi_op(x, weights, biases, down, ups, scales, gammas)[0])
+    return _ops.dma_linear_multi(x, weights, biases, down, ups, scales, gammas)
 
 
 def gated_residual(x, h, u, granularity, adapter_scale=1.0, gate_scale=1.0, gate_logits=None,
@@ -64,6 +64,6 @@ def gated_residual(x, h, u, granularity, adapter_scale=1.0, gate_scale=1.0, gate
     seed = None
     if dropout_p > 0.0:
         seed = philox.draw_seed() if dropout_seed is None else philox.seed_tensor(dropout_seed)
-    return _ops.gated_residual_op(x, h, u, granularity, float(adapter_scale), float(gate_scale),
-                                  gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask,
-                                  float(dropout_p), seed)[0]
+    return _ops.gated_residual(x, h, u, granularity, float(adapter_scale), float(gate_scale),
+                               gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask,
+                               float(dropout_p), seed)

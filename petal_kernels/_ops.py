@@ -12,6 +12,9 @@ Ops (all return auxiliary tensors the backward reuses; the public wrappers drop 
   gate_bias?, gate_vector?, dropout_mask?, dropout_p, dropout_seed?) -> (out, stat)``; ``dropout_seed`` is a
   0-dim int64 CPU tensor (see ``petal_kernels.philox``), read only when ``dropout_p > 0``
 * ``petal::gated_residual_backward(...)``
+
+Plain eager calls skip the dispatcher: the same forward/backward functions run inside an
+``autograd.Function`` (bottom of this file); tracing and transforms take the registered ops.
 """
 
 from __future__ import annotations
@@ -114,6 +117,10 @@ def dma_linear_backward_op(
     dys: list[Tensor], x: Tensor, weights: list[Tensor], down: Tensor, ups: list[Tensor],
     scales: list[Tensor], gammas: list[Opt], t: Tensor, bases: list[Tensor], needs: list[bool],
 ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+    return _dma_backward_impl(dys, x, weights, down, ups, scales, gammas, t, bases, needs)
+
+
+def _dma_backward_impl(dys, x, weights, down, ups, scales, gammas, t, bases, needs):
     K, R, lead, rows = x.shape[-1], down.shape[0], tuple(x.shape[:-1]), _rows(x)
     backend = _backend_for(x, rows)
     canon = _canon_scales(scales, lead, rows, R)
@@ -170,14 +177,14 @@ def _dma_needs(x, down, ups, scales, gammas) -> list[bool]:
     ]
 
 
-def _dma_backward(ctx, dys):
+def _dma_backward(ctx, dys, backward=dma_linear_backward_op):
     x, down, t, *rest = ctx.saved_tensors
     J = ctx.num_projections
     weights, ups, scales = rest[:J], rest[J:2 * J], rest[2 * J:3 * J]
     gammas = [g if has else None for g, has in zip(rest[3 * J:4 * J], ctx.has_gamma)]
     bases = list(rest[4 * J:5 * J])
     dys = [x.new_zeros(shape) if dy is None else dy for dy, shape in zip(dys, ctx.out_shapes)]
-    dx, d_down, d_ups, d_scales, d_gammas = dma_linear_backward_op(
+    dx, d_down, d_ups, d_scales, d_gammas = backward(
         dys, x, list(weights), down, list(ups), list(scales), gammas, t, bases, ctx.needs)
     need_x, need_down, need_up, need_scale, need_gamma = ctx.needs
     return (
@@ -280,6 +287,12 @@ def gated_residual_op(
     gate_logits: Opt, gate_weight: Opt, gate_bias: Opt, gate_vector: Opt, dropout_mask: Opt,
     dropout_p: float = 0.0, dropout_seed: Opt = None,
 ) -> tuple[Tensor, Tensor]:
+    return _gated_forward(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
+                          gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed)
+
+
+def _gated_forward(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
+                   gate_vector, dropout_mask, dropout_p=0.0, dropout_seed=None):
     d, rows = x.shape[-1], _rows(x)
     backend = _backend_for(x, rows)
     out, stat = backend.gated_residual_forward(
@@ -304,6 +317,13 @@ def gated_residual_backward_op(
     gate_scale: float, gate_logits: Opt, gate_weight: Opt, gate_bias: Opt, gate_vector: Opt,
     dropout_mask: Opt, dropout_p: float, dropout_seed: Opt, stat: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _gated_backward_impl(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits,
+                                gate_weight, gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed,
+                                stat)
+
+
+def _gated_backward_impl(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
+                         gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed, stat):
     d, rows = x.shape[-1], _rows(x)
     backend = _backend_for(x, rows)
     grads = backend.gated_residual_backward(
@@ -354,11 +374,11 @@ def _gated_setup(ctx, inputs, output):
     ctx.save_for_backward(x, h, u, output[1], *[g for g in gates if g is not None])
 
 
-def _gated_backward(ctx, dout, _dstat):
+def _gated_backward(ctx, dout, _dstat, backward=gated_residual_backward_op):
     x, h, u, stat, *present = ctx.saved_tensors
     it = iter(present)
     gates = [next(it) if has else None for has in ctx.present]
-    dx, dh, du, *d_gates = gated_residual_backward_op(dout, x, h, u, *ctx.args, *gates, *ctx.dropout, stat)
+    dx, dh, du, *d_gates = backward(dout, x, h, u, *ctx.args, *gates, *ctx.dropout, stat)
     granularity, adapter_scale, _ = ctx.args
     if _dx_is_dout(granularity):
         dx = dout
@@ -369,3 +389,84 @@ def _gated_backward(ctx, dout, _dstat):
 
 
 gated_residual_op.register_autograd(_gated_backward, setup_context=_gated_setup)
+
+
+# --------------------------------------------------------------------------- the direct eager path
+# A call through a torch.library custom op hops Python -> dispatcher -> Python several times and, for
+# an op with setup_context, rebuilds the schema's argument list per argument (pytorch#139500,
+# #195110): ~0.1-0.15 ms per forward+backward, as much as a whole unfused epilogue at a few hundred
+# rows. Plain eager calls therefore run the same forward/backward functions inside an
+# autograd.Function; torch.compile, functorch transforms, tensor subclasses (FakeTensor included) and
+# dispatch/function modes take the registered op, which stays the definition for tracing.
+
+DIRECT = True  # tests switch it off to run the registered op in eager mode
+
+
+def _direct(*tensors) -> bool:
+    if not DIRECT or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack() > 0:
+        return False
+    return all(t is None or type(t) in (Tensor, torch.nn.Parameter) for t in tensors)
+
+
+class _DMALinearDirect(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, down, up, scale, gamma):
+        ys, t, bases = _dma_forward(x, [weight], [bias], down, [up], [scale], [gamma])
+        _dma_setup(ctx, x, [weight], down, [up], [scale], [gamma], ys, t, bases)
+        return ys[0]
+
+    @staticmethod
+    def backward(ctx, dy):
+        dx, d_down, d_ups, d_scales, d_gammas = _dma_backward(ctx, [dy], _dma_backward_impl)
+        return dx, None, None, d_down, d_ups[0], d_scales[0], d_gammas[0]
+
+
+class _DMALinearMultiDirect(torch.autograd.Function):
+    """Inputs flattened (autograd.Function tracks tensors, not lists): J, x, down, then the J
+    weights, biases, ups, scales and gammas."""
+
+    @staticmethod
+    def forward(ctx, J, x, down, *flat):
+        weights, biases, ups, scales, gammas = (list(flat[i * J:(i + 1) * J]) for i in range(5))
+        ys, t, bases = _dma_forward(x, weights, biases, down, ups, scales, gammas)
+        _dma_setup(ctx, x, weights, down, ups, scales, gammas, ys, t, bases)
+        return tuple(ys)
+
+    @staticmethod
+    def backward(ctx, *dys):
+        dx, d_down, d_ups, d_scales, d_gammas = _dma_backward(ctx, list(dys), _dma_backward_impl)
+        J = ctx.num_projections
+        return (None, dx, d_down, *[None] * (2 * J), *d_ups, *d_scales, *d_gammas)
+
+
+class _GatedResidualDirect(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *inputs):
+        out, stat = _gated_forward(*inputs)
+        _gated_setup(ctx, inputs, (out, stat))
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        return _gated_backward(ctx, dout, None, _gated_backward_impl)
+
+
+def dma_linear(x, weight, bias, down, up, scale, gamma):
+    if _direct(x, weight, bias, down, up, scale, gamma):
+        return _DMALinearDirect.apply(x, weight, bias, down, up, scale, gamma)
+    return dma_linear_op(x, weight, bias, down, up, scale, gamma)[0]
+
+
+def dma_linear_multi(x, weights, biases, down, ups, scales, gammas):
+    if _direct(x, down, *weights, *biases, *ups, *scales, *gammas):
+        return _DMALinearMultiDirect.apply(len(weights), x, down, *weights, *biases, *ups, *scales, *gammas)
+    return tuple(dma_linear_multi_op(x, weights, biases, down, ups, scales, gammas)[0])
+
+
+def gated_residual(*inputs):
+    """``inputs`` as ``petal::gated_residual`` takes them; returns ``out``."""
+    if _direct(*[t for t in inputs if isinstance(t, Tensor)]):
+        return _GatedResidualDirect.apply(*inputs)
+    return gated_residual_op(*inputs)[0]

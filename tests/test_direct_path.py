@@ -1,0 +1,113 @@
+"""The direct eager path of the public ops (an autograd.Function over the same forward/backward
+functions) against the registered ``torch.library`` ops, and when each one is taken."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import petal_kernels as pk
+from petal_kernels import _ops
+from tests.helpers import CPU_BACKENDS
+from tests.test_dma_linear import _multi, _multi_inputs
+from tests.test_dma_linear import make_inputs as dma_inputs
+from tests.test_gated_residual import make_inputs as gated_inputs
+
+
+def _run_both(fn, inputs, monkeypatch):
+    """(outputs, grads) of ``fn(**inputs)`` on the direct path and on the registered op."""
+    results = []
+    for direct in (True, False):
+        monkeypatch.setattr(_ops, "DIRECT", direct)
+        leaves = {k: v.detach().float().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor)
+                  else v for k, v in inputs.items()}
+        names = [k for k, v in leaves.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+        torch.manual_seed(7)  # in-kernel dropout draws its seed from the generator
+        out = fn(**leaves)
+        outs = out if isinstance(out, tuple) else (out,)
+        gen = torch.Generator().manual_seed(3)
+        grads = torch.autograd.grad(outs, [leaves[n] for n in names],
+                                    [torch.randn(o.shape, generator=gen) for o in outs], allow_unused=True)
+        results.append((outs, dict(zip(names, grads))))
+    return results
+
+
+def _assert_same(direct, op):
+    (outs_d, grads_d), (outs_o, grads_o) = direct, op
+    for a, b in zip(outs_d, outs_o, strict=True):
+        assert torch.equal(a, b)
+    assert grads_d.keys() == grads_o.keys()
+    for name in grads_d:
+        a, b = grads_d[name], grads_o[name]
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("backend_name", CPU_BACKENDS)
+@pytest.mark.parametrize("case", [("3d-per-row", (3, 5), "row", False, True),
+                                  ("gamma-static", (7,), "vector", True, False)])
+def test_dma_linear_direct_equals_the_registered_op(backend_name, case, monkeypatch):
+    _, lead, kind, gamma, bias = case
+    inputs = dma_inputs(lead, 12, 10, 4, kind, gamma, bias, False)
+    with pk.use_backend(backend_name):
+        _assert_same(*_run_both(pk.dma_linear, inputs, monkeypatch))
+
+
+@pytest.mark.parametrize("backend_name", CPU_BACKENDS)
+def test_dma_linear_multi_direct_equals_the_registered_op(backend_name, monkeypatch):
+    inputs = _multi_inputs((4, 3), 14, 5, (8, 8, 6), ("vector", "row", "vector"), (True, True, True))
+    with pk.use_backend(backend_name):
+        _assert_same(*_run_both(_multi(pk.dma_linear_multi), inputs, monkeypatch))
+
+
+@pytest.mark.parametrize("backend_name", CPU_BACKENDS)
+@pytest.mark.parametrize("granularity", pk.GRANULARITIES)
+@pytest.mark.parametrize("dropout", ["mask", "in-kernel"])
+def test_gated_residual_direct_equals_the_registered_op(backend_name, granularity, dropout, monkeypatch):
+    inputs = gated_inputs(granularity, (2, 5, 12), mask=dropout == "mask")
+    if dropout == "in-kernel":
+        inputs["dropout_p"] = 0.3
+    with pk.use_backend(backend_name):
+        _assert_same(*_run_both(pk.gated_residual, inputs, monkeypatch))
+
+
+def test_eager_calls_take_the_direct_path():
+    i = dma_inputs((4,), 6, 5, 2, "vector", False, True, False)
+    y = pk.dma_linear(i["x"], i["weight"], i["bias"], i["down"], i["up"], i["scale"], i["gamma"])
+    assert type(y.grad_fn).__name__ == "_DMALinearDirectBackward"
+    g = gated_inputs("middleY", (2, 3, 4), mask=False)
+    out = pk.gated_residual(**g)
+    assert type(out.grad_fn).__name__ == "_GatedResidualDirectBackward"
+
+
+class _Recording(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_modes_subclasses_and_transforms_take_the_registered_op():
+    x = torch.randn(3, 4)
+    assert _ops._direct(x, None, torch.nn.Parameter(torch.randn(2)))
+    with _Recording():
+        assert not _ops._direct(x)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+        assert not _ops._direct(fake)
+    seen = []
+    torch.func.vmap(lambda row: seen.append(_ops._direct(row)) or row)(x)
+    assert seen == [False]
+
+
+def test_inference_mode_and_no_grad_use_the_direct_path_without_a_graph():
+    i = dma_inputs((4,), 6, 5, 2, "vector", True, True, False)
+    args = (i["x"], i["weight"], i["bias"], i["down"], i["up"], i["scale"], i["gamma"])
+    want = pk.dma_linear(*args).detach()
+    with torch.inference_mode():
+        got = pk.dma_linear(*args)
+    assert got.grad_fn is None and torch.equal(got, want)
+    with torch.no_grad():
+        assert pk.dma_linear(*args).grad_fn is None
