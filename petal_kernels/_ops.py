@@ -237,8 +237,8 @@ def _single_setup(ctx, inputs, output):
     _dma_setup(ctx, x, [weight], down, [up], [scale], [gamma], [y], t, [base])
 
 
-def _single_backward(ctx, dy, _dt, _dbase):
-    dx, d_down, d_ups, d_scales, d_gammas = _dma_backward(ctx, [dy])
+def _single_backward(ctx, dy, _dt, _dbase, backward=dma_linear_backward_op):
+    dx, d_down, d_ups, d_scales, d_gammas = _dma_backward(ctx, [dy], backward)
     return dx, None, None, d_down, d_ups[0], d_scales[0], d_gammas[0]
 
 
@@ -412,15 +412,15 @@ def _direct(*tensors) -> bool:
 
 class _DMALinearDirect(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, down, up, scale, gamma):
+    def forward(ctx, *inputs):
+        x, weight, bias, down, up, scale, gamma = inputs
         ys, t, bases = _dma_forward(x, [weight], [bias], down, [up], [scale], [gamma])
-        _dma_setup(ctx, x, [weight], down, [up], [scale], [gamma], ys, t, bases)
+        _single_setup(ctx, inputs, (ys[0], t, bases[0]))
         return ys[0]
 
     @staticmethod
     def backward(ctx, dy):
-        dx, d_down, d_ups, d_scales, d_gammas = _dma_backward(ctx, [dy], _dma_backward_impl)
-        return dx, None, None, d_down, d_ups[0], d_scales[0], d_gammas[0]
+        return _single_backward(ctx, dy, None, None, _dma_backward_impl)
 
 
 class _DMALinearMultiDirect(torch.autograd.Function):
