@@ -37,9 +37,6 @@ def dma_linear_multi(x, weights, biases, down, ups, scales, gammas=None):
     _checks.tensor("x", x)
     J = _checks.projection_lists(weights, biases, ups, scales, gammas)
     gammas = [None] * J if gammas is None else list(gammas)
-    if any(g is None for g in gammas) and not all(g is None for g in gammas):
-        # a Tensor?[] holding a None gets no gradients through torch.library: use ones instead
-        gammas = [x.new_ones(w.shape[0]) if g is None else g for g, w in zip(gammas, weights)]
     x, down, *flat = autocast_args(x, down, *weights, *biases, *ups, *scales, *gammas)
     weights, biases, ups, scales, gammas = (list(flat[i * J:(i + 1) * J]) for i in range(5))
     _checks.dma_linear_multi(x, weights, biases, down, ups, scales, gammas)

@@ -462,6 +462,9 @@ def dma_linear(x, weight, bias, down, up, scale, gamma):
 def dma_linear_multi(x, weights, biases, down, ups, scales, gammas):
     if _direct(x, down, *weights, *biases, *ups, *scales, *gammas):
         return _DMALinearMultiDirect.apply(len(weights), x, down, *weights, *biases, *ups, *scales, *gammas)
+    if any(g is None for g in gammas) and not all(g is None for g in gammas):
+        # a Tensor?[] holding a None gets no gradients through torch.library: use ones instead
+        gammas = [x.new_ones(w.shape[0]) if g is None else g for g, w in zip(gammas, weights)]
     return tuple(dma_linear_multi_op(x, weights, biases, down, ups, scales, gammas)[0])
 
 
