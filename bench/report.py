@@ -202,12 +202,12 @@ def op_section(recs: list[dict], op: str, title: str) -> list[str]:
                     fmt_mib(any_rec.get("saved_bytes")), fmt_mib(full.get("peak_bytes"))]
             rows.append(row)
         lines += table(header, rows) + [""]
-    return lines + sweep_table(recs, swept)
+    return lines + sweep_table(swept)
 
 
-def sweep_table(recs: list[dict], swept: list[dict]) -> list[str]:
+def sweep_table(swept: list[dict]) -> list[str]:
     """One row per shape of the sweep: forward+backward time of the floor, each implementation's ratio
-    to it, petal's speed-up over the slowest baseline, and the saved-for-backward bytes."""
+    to it, petal's speed-up over each baseline, and the saved-for-backward bytes."""
     if not swept:
         return []
     cases: OrderedDict[tuple, dict[str, dict]] = OrderedDict()
@@ -216,7 +216,7 @@ def sweep_table(recs: list[dict], swept: list[dict]) -> list[str]:
             cases.setdefault(_case_key(r), {})[r["impl"]] = r
     impls = sorted({i for by_impl in cases.values() for i in by_impl if i != "floor"}, key=_impl_rank)
     baselines = [i for i in impls if i != "petal"]
-    op, device, dtype = next(iter(cases))[:3]
+    _, device, dtype, _ = next(iter(cases))
     lines = [f"**Shape sweep, {device} {dtype}, forward+backward** — floor median time, ratio to the floor, "
              "petal's speed-up over each baseline, saved-for-backward MiB", ""]
     header = (["shape", "floor"] + [f"{i} ×floor" for i in impls] + [f"petal vs {b}" for b in baselines]
