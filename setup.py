@@ -77,7 +77,7 @@ def extensions():
     omp_compile, omp_link = _openmp_flags()
     # No -std: torch.utils.cpp_extension adds the standard its headers need (C++20 from torch 2.14).
     cxx = ["-O3", *omp_compile, *_cpu_vector_flags(torch)]
-    sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")) + glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
     if _cuda_wanted(torch):
         archs = os.environ.get("PETAL_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "80;90"
         gencode = []

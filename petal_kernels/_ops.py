@@ -19,13 +19,14 @@ Plain eager calls skip the dispatcher: the same forward/backward functions run i
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from . import _backend, reference
+from . import _backend, _cpu, reference
 
 Opt = Optional[Tensor]
 
@@ -471,5 +472,21 @@ def dma_linear_multi(x, weights, biases, down, ups, scales, gammas):
 def gated_residual(*inputs):
     """``inputs`` as ``petal::gated_residual`` takes them; returns ``out``."""
     if _direct(*[t for t in inputs if isinstance(t, Tensor)]):
+        x = inputs[0]
+        if x.numel() and _backend.backend_name(x.device) in _COMPILED and _compiled_autograd():
+            *head, dropout_p, dropout_seed = inputs
+            p, seed = _dropout(dropout_p, dropout_seed)
+            return torch.ops.petal_C.gated_residual_autograd(*head, p, _cpu._int64(seed))
         return _GatedResidualDirect.apply(*inputs)
     return gated_residual_op(*inputs)[0]
+
+
+# Backends whose kernels are the petal_C ops: eager gated_residual runs them under the C++ autograd op
+# petal_C::gated_residual_autograd (csrc/autograd), which costs ~0.1 ms less per forward+backward than
+# the Python autograd.Function above.
+_COMPILED = ("cpu", "cuda")
+
+
+@functools.cache
+def _compiled_autograd() -> bool:
+    return hasattr(torch.ops.petal_C, "gated_residual_autograd")

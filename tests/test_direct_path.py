@@ -10,6 +10,8 @@ from torch.overrides import TorchFunctionMode
 import petal_kernels as pk
 from petal_kernels import _ops
 from tests.helpers import CPU_BACKENDS
+
+needs_cpu = pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="needs the compiled extension")
 from tests.test_dma_linear import _multi, _multi_inputs
 from tests.test_dma_linear import make_inputs as dma_inputs
 from tests.test_gated_residual import make_inputs as gated_inputs
@@ -78,8 +80,44 @@ def test_eager_calls_take_the_direct_path():
     y = pk.dma_linear(i["x"], i["weight"], i["bias"], i["down"], i["up"], i["scale"], i["gamma"])
     assert type(y.grad_fn).__name__ == "_DMALinearDirectBackward"
     g = gated_inputs("middleY", (2, 3, 4), mask=False)
-    out = pk.gated_residual(**g)
+    with pk.use_backend("reference"):
+        out = pk.gated_residual(**g)
     assert type(out.grad_fn).__name__ == "_GatedResidualDirectBackward"
+
+
+@needs_cpu
+def test_eager_gated_residual_on_the_compiled_kernels_takes_the_cpp_autograd_op():
+    g = gated_inputs("middleY", (2, 3, 4), mask=False)
+    out = pk.gated_residual(**g)
+    assert out.grad_fn.name() == "torch::autograd::CppNode<petal_C::GatedResidualAutograd>"
+    empty = gated_inputs("middleY", (0, 3, 4), mask=False)  # zero rows: the Python path's early exit
+    assert pk.gated_residual(**empty).shape == (0, 3, 4)
+
+
+@needs_cpu
+@pytest.mark.parametrize("granularity", pk.GRANULARITIES)
+@pytest.mark.parametrize("trainable", [("x",), ("h", "u"), ("gates",), ("u", "gates")])
+def test_cpp_autograd_op_gives_exactly_the_requested_gradients(granularity, trainable, monkeypatch):
+    """Any subset of the operands may require grad; the C++ op returns the same gradients as the
+    registered op for those and none for the others."""
+    inputs = gated_inputs(granularity, (2, 5, 12), mask=True, scales=(1.0, 0.4))
+    gates = ("gate_logits", "gate_weight", "gate_bias", "gate_vector")
+    for name, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            wanted = name in trainable or (name in gates and "gates" in trainable)
+            value.requires_grad_(wanted and name != "dropout_mask")
+    direct, op = _run_both(pk.gated_residual, inputs, monkeypatch)
+    _assert_same(direct, op)
+    assert set(direct[1]) == {n for n, v in inputs.items() if isinstance(v, torch.Tensor) and v.requires_grad}
+
+
+@needs_cpu
+def test_cpp_autograd_op_refuses_double_backward():
+    i = gated_inputs("middleX", (2, 3, 4), mask=False)
+    out = pk.gated_residual(**i)
+    assert "GatedResidualAutograd" in out.grad_fn.name()
+    with pytest.raises(RuntimeError, match="create_graph"):
+        torch.autograd.grad(out.sum(), i["x"], create_graph=True)
 
 
 class _Recording(TorchFunctionMode):
