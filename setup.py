@@ -1,7 +1,7 @@
 """Builds the compiled backends of petal_kernels.
 
-* ``petal_kernels._C``: the C++ CPU kernels (csrc/cpu, OpenMP), always, unless skipped; in a
-  CUDA build it also carries the CUDA kernels (csrc/cuda).
+* ``petal_kernels._C``: the C++ CPU kernels (csrc/cpu, OpenMP) and the C++ autograd ops over them
+  (csrc/autograd), always, unless skipped; in a CUDA build it also carries the CUDA kernels (csrc/cuda).
 
 Environment switches (as flash-attention's):
   PETAL_SKIP_EXT=1     build no extension (petal_kernels falls back to the reference backend)
@@ -77,7 +77,9 @@ def extensions():
     omp_compile, omp_link = _openmp_flags()
     # No -std: torch.utils.cpp_extension adds the standard its headers need (C++20 from torch 2.14).
     cxx = ["-O3", *omp_compile, *_cpu_vector_flags(torch)]
-    sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")) + glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
+    # csrc/autograd: device-neutral C++ autograd ops over the petal_C kernels (CPU and CUDA builds alike)
+    sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
+                     + glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
     if _cuda_wanted(torch):
         archs = os.environ.get("PETAL_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "80;90"
         gencode = []

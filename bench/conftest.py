@@ -52,7 +52,11 @@ SWEEP_IMPLS = {"dma_linear": ("floor", "petal", "lora", "official"),
                "gated_residual": ("floor", "petal", "unfused")}
 SWEEP_MODES = ("full",)
 PAIRED_OPS = ("dma_linear", "dma_linear_multi")  # headline fwd+bwd also timed in pairs with the floor
+# gated_residual's target compares petal with the unfused form: every petal fwd+bwd is also timed in
+# back-to-back pairs with it
 PAIRS = 15
+MAX_PAIRS = 101
+PAIRED_BUDGET_S = 0.5  # gated_residual: petal and the unfused form back to back, as many pairs as fit
 FLOOR_FREE_DIMS = ("g", "p")  # gated_residual's granularity and dropout: one floor serves them all
 GRANULARITIES = ("large", "middleX", "middleY", "small")
 VLPET_DROPOUT = 0.1
@@ -573,6 +577,13 @@ def measure(benchmark, request, setup_cache, floor_times):
             ratios = _paired_ratios(fn, _callable_for(floor, "full", device), PAIRS)
             info.update(paired_ratio_to_floor=statistics.median(ratios),
                         paired_ratio_range=[min(ratios), max(ratios)], pairs=len(ratios))
+        if param.op == "gated_residual" and param.impl == "petal" and param.mode == "full":
+            unfused = SETUPS[param.op]("unfused", param.device, param.dtype, **param.shape)
+            unfused_fn = _callable_for(unfused, "full", device)
+            pairs = _rounds(lambda: (fn(), unfused_fn()), PAIRED_BUDGET_S, PAIRS, MAX_PAIRS)
+            ratios = _paired_ratios(unfused_fn, fn, pairs)  # unfused time over petal's: the speed-up
+            info.update(paired_speedup_over_unfused=statistics.median(ratios),
+                        paired_speedup_range=[min(ratios), max(ratios)], pairs=len(ratios))
         if setup.saved_bytes is None:  # a property of the forward: once per setup, not per mode
             setup.saved_bytes = memory.saved_bytes(setup.forward, setup.keep)
         info["saved_bytes"] = setup.saved_bytes

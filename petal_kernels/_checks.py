@@ -45,6 +45,8 @@ def shape(name: str, value: torch.Tensor, expected: tuple, what: str) -> None:
 
 
 def number(name: str, value) -> None:
+    if type(value) is float or type(value) is int:  # the usual case, without the ABC check's cost
+        return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
 

@@ -469,14 +469,15 @@ def dma_linear_multi(x, weights, biases, down, ups, scales, gammas):
     return tuple(dma_linear_multi_op(x, weights, biases, down, ups, scales, gammas)[0])
 
 
-def gated_residual(*inputs):
-    """``inputs`` as ``petal::gated_residual`` takes them; returns ``out``."""
-    if _direct(*[t for t in inputs if isinstance(t, Tensor)]):
-        x = inputs[0]
+def gated_residual(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
+                   gate_vector, dropout_mask, dropout_p, dropout_seed):
+    """The arguments of ``petal::gated_residual``; returns ``out``."""
+    inputs = (x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
+              gate_vector, dropout_mask, dropout_p, dropout_seed)
+    if _direct(x, h, u, gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask, dropout_seed):
         if x.numel() and _backend.backend_name(x.device) in _COMPILED and _compiled_autograd():
-            *head, dropout_p, dropout_seed = inputs
             p, seed = _dropout(dropout_p, dropout_seed)
-            return torch.ops.petal_C.gated_residual_autograd(*head, p, _cpu._int64(seed))
+            return torch.ops.petal_C.gated_residual_autograd(*inputs[:11], p, _cpu._int64(seed))
         return _GatedResidualDirect.apply(*inputs)
     return gated_residual_op(*inputs)[0]
 

@@ -283,3 +283,24 @@ def test_paired_ratios_alternate_and_time_both():
     ratios = bench_conftest._paired_ratios(fast, slow, 4)
     assert len(ratios) == 4 and all(0 < r < 1 for r in ratios)
     assert calls[2:6] == ["impl", "floor", "floor", "impl"]  # after one warm-up call each
+
+
+def test_report_gated_targets_use_the_paired_speedup(tmp_path):
+    run = _fabricated_run()
+    for d in (768, 4096):  # medians taken apart: 1.5x for both sweep shapes; back-to-back pairs: 2.2x, 1.9x
+        dims = dict(B=2, T=256, d=d, g="middleY", p=0.0, sweep=True)
+        for impl, t, saved in (("floor", 0.002, 0), ("petal", 0.002, 0), ("unfused", 0.003, MIB)):
+            b = _bench("gated_residual", impl, "full", t, saved_bytes=saved, **dims)
+            if impl == "petal":
+                b["extra_info"].update(paired_speedup_over_unfused=2.2 if d == 768 else 1.9,
+                                       paired_speedup_range=[1.7, 2.6], pairs=41)
+            run["benchmarks"].append(b)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    assert report.main([str(path), "--out", str(tmp_path), "--no-charts"]) == 0
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    sweep = next(line for line in text.splitlines() if "shape sweep (2 cases" in line)
+    assert "1 of 2 cases; slowest 1.90×" in sweep and "| MISSED |" in sweep
+    assert "petal vs unfused paired" in text
+    row = next(line for line in text.splitlines() if line.startswith("| B=2 T=256 d=768 g=middleY"))
+    assert "| 1.50× | 2.20× |" in row  # by medians, then paired

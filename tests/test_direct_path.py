@@ -165,3 +165,31 @@ def test_dma_linear_multi_mixed_gammas_on_both_paths(backend_name, monkeypatch):
     assert grads_d["gamma0"] is not None and grads_d["gamma2"] is not None
     for name in grads_d:
         torch.testing.assert_close(grads_d[name], grads_o[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
+@needs_cpu
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_cpp_autograd_op_under_chained_activation_checkpoints(reentrant):
+    """Unpacking a saved input inside the C++ backward recomputes the checkpointed region before it;
+    that recomputation must record autograd (it once ran with the autograd keys excluded and saved
+    nothing but the op's own inputs: torch.utils.checkpoint then failed on the count)."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    frozen, gate = torch.nn.Linear(8, 8).requires_grad_(False), torch.nn.Linear(8, 8)
+
+    def block(y):
+        h = frozen(y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True)))
+        return pk.gated_residual(y, h, gate(h), "large", 1.0, 0.5, gate_logits=gate(y), dropout_p=0.2)
+
+    grads = []
+    for checkpointed in (False, True):
+        torch.manual_seed(1)
+        y = x
+        for _ in range(2):
+            y = checkpoint(block, y, use_reentrant=reentrant) if checkpointed else block(y)
+        assert checkpointed and reentrant or "GatedResidualAutograd" in y.grad_fn.name()
+        grads.append(torch.autograd.grad(y.square().sum(), [x, gate.weight, gate.bias]))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -38,8 +38,11 @@ def test_full_models_logits_equal_base_right_after_patch(family):
         ref = model(**inp)
         petal.patch(model)
         out = model(**inp)
-    torch.testing.assert_close(out.logits, ref.logits, rtol=0, atol=1e-6)
-    torch.testing.assert_close(out.lm_loss, ref.loss, rtol=0, atol=1e-6)
+    # equal up to float32 rounding: the fused frozen paths round differently from transformers' ops,
+    # and a language model on top amplifies that by the CPU's GEMM kernels (1.4e-6 on logits of ~2
+    # on an AVX2 machine); a wrong adapter contribution would be orders of magnitude above this
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.lm_loss, ref.loss, rtol=1e-5, atol=1e-6)
     assert torch.isfinite(out.sib_loss)
 
 
@@ -253,7 +256,7 @@ def test_accelerate_dispatched_model_patches_and_runs():
     with torch.no_grad():
         ref = model(**inp).logits
         petal.patch(model)
-        torch.testing.assert_close(model(**inp).logits, ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(model(**inp).logits, ref, rtol=1e-5, atol=1e-6)  # fp32 rounding, as above
     dense = model.qformer.encoder.layer[0].output.dense
     assert model.qformer.petal_dma.text.down.device == dense.weight.device
 

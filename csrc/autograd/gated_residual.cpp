@@ -117,7 +117,8 @@ struct GatedResidualAutograd : public torch::autograd::Function<GatedResidualAut
     TORCH_CHECK(!at::GradMode::is_enabled(),
                 "petal_kernels.gated_residual supports one backward only: its gradient is not differentiable "
                 "(create_graph=True)");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    // Unpacking may run a checkpointed region's recomputation, which must record autograd as usual:
+    // only the kernel call below skips the autograd keys.
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &h = saved[1], &u = saved[2], &stat = saved[3];
     const OptTensor gates[] = {saved_or_none(saved[4]), saved_or_none(saved[5]), saved_or_none(saved[6]),
@@ -129,6 +130,7 @@ struct GatedResidualAutograd : public torch::autograd::Function<GatedResidualAut
 
     Canonical c(x, h, u, granularity, gates[0], gates[1], gates[2], gates[3], mask);
     const int64_t rows = c.x.size(0), d = c.x.size(1);
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [dx, dh, du, d_logits, d_weight, d_bias, d_vector] = backward_op().call(
         dout.reshape({rows, d}).contiguous(), c.x, c.h, c.u, granularity, adapter_scale,
         ctx->saved_data["gate_scale"].toDouble(), c.logits, c.weight, c.bias, c.vector, c.mask,
