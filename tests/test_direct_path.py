@@ -10,11 +10,11 @@ from torch.overrides import TorchFunctionMode
 import petal_kernels as pk
 from petal_kernels import _ops
 from tests.helpers import CPU_BACKENDS
-
-needs_cpu = pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="needs the compiled extension")
 from tests.test_dma_linear import _multi, _multi_inputs
 from tests.test_dma_linear import make_inputs as dma_inputs
 from tests.test_gated_residual import make_inputs as gated_inputs
+
+needs_cpu = pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="needs the compiled extension")
 
 
 def _run_both(fn, inputs, monkeypatch):
@@ -190,6 +190,8 @@ def test_cpp_autograd_op_under_chained_activation_checkpoints(reentrant):
         for _ in range(2):
             y = checkpoint(block, y, use_reentrant=reentrant) if checkpointed else block(y)
         assert checkpointed and reentrant or "GatedResidualAutograd" in y.grad_fn.name()
-        grads.append(torch.autograd.grad(y.square().sum(), [x, gate.weight, gate.bias]))
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        x.grad = gate.weight.grad = gate.bias.grad = None
+        y.square().sum().backward()  # reentrant checkpoints refuse torch.autograd.grad
+        grads.append((x.grad, gate.weight.grad, gate.bias.grad))
+    for a, b in zip(*grads, strict=True):  # the same dropout; the gate grads' two blocks add in either order
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
