@@ -304,3 +304,18 @@ def test_report_gated_targets_use_the_paired_speedup(tmp_path):
     assert "petal vs unfused paired" in text
     row = next(line for line in text.splitlines() if line.startswith("| B=2 T=256 d=768 g=middleY"))
     assert "| 1.50× | 2.20× |" in row  # by medians, then paired
+
+
+def test_warm_paired_ratios_time_each_call_after_one_of_its_own():
+    from bench import conftest as bench_conftest
+
+    calls = []
+
+    def impl():
+        calls.append("impl")
+
+    def floor():
+        calls.append("floor")
+
+    bench_conftest._paired_ratios(impl, lambda: floor() or time.sleep(0.001), 2, warm=True)
+    assert calls[2:] == ["impl", "impl", "floor", "floor", "floor", "floor", "impl", "impl"]

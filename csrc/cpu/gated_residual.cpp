@@ -125,11 +125,10 @@ struct Rows {
     return mk ? petal::upstream(dv, g_s, io::load(mk, n)) : petal::upstream(dv, g_s);
   }
 
-  // Σ_row e * h2 of row m in red_t: dL/dG for a row gate.
-  red gate_grad_sum(const scalar_t* dout, int64_t m) const {
+  // Σ_row e * h2 of row m in red_t: dL/dG for a row gate; mk: the row's mask_row(m).
+  red gate_grad_sum(const scalar_t* dout, int64_t m, const scalar_t* mk) const {
     RVec sum(red(0));
     const int64_t row = m * d;
-    const scalar_t* mk = mask_row(m);
     for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
       const Vec e = upstream(dout, row + i, n, mk ? mk + i : nullptr);
       sum = sum + Wide<scalar_t>(petal::gate_score_term(e, h2(row + i, n))).sum();
@@ -289,21 +288,16 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
   // Row gates: ds[m] = dL/d score[m] and G[m], the row's gate value. A bf16/fp16 stat is too coarse
   // for the sigmoid's slope (one ulp of a score near 10 is 0.06): those rows recompute the score.
   auto score_of = [&](int64_t m) { return io::kReduced ? r.score(gate, m) : static_cast<red>(stat[m]); };
-  std::vector<red> ds(M), sg(M);
-  std::vector<acc> G(M);
-  if (gate == Gate::middleX) {
-    at::parallel_for(0, M, row_grain(d), [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m) {
-        sg[m] = petal::sigmoid(score_of(m));
-        G[m] = static_cast<acc>(sg[m]);
-        ds[m] = petal::row_score_grad(r.gate_grad_sum(dout, m), sg[m]);
-      }
-    });
-  } else {
+  // middleX: a row's ds needs only that row, so the sweep below finds it while the row is in cache;
+  // small: ds needs the whole example's gate, found in a sweep of its own first.
+  const bool small = gate == Gate::small;
+  std::vector<red> ds(small ? M : 0), sg(small ? M : 0);
+  std::vector<acc> G(small ? M : 0);
+  if (small) {
     const int64_t T = M / batch;
     at::parallel_for(0, M, row_grain(d), [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m) {
-        ds[m] = r.gate_grad_sum(dout, m);
+        ds[m] = r.gate_grad_sum(dout, m, r.mask_row(m));
         sg[m] = petal::sigmoid(score_of(m));
       }
     });
@@ -322,7 +316,6 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
     }
   }
 
-  const bool small = gate == Gate::small;
   const scalar_t* w_h = small ? r.weight + d : r.weight;
   Partials<scalar_t> dw(chunks, small ? 2 : 1, d), db(chunks, 1, 1);
   for_each_chunk(M, chunks, [&](int64_t c, int64_t m0, int64_t m1) {
@@ -330,10 +323,19 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
     red* part_h = dw.chunk(c, small ? 1 : 0);
     red bias_sum = 0;
     for (int64_t m = m0; m < m1; ++m) {
-      bias_sum += ds[m];
-      const RVec ds_wide(ds[m]);
-      const Vec dsv(static_cast<acc>(ds[m])), Gv(G[m]);
       const scalar_t* mk = r.mask_row(m);
+      red ds_m;
+      acc G_m;
+      if (small) {
+        ds_m = ds[m], G_m = G[m];
+      } else {
+        const red sg_m = petal::sigmoid(score_of(m));
+        G_m = static_cast<acc>(sg_m);
+        ds_m = petal::row_score_grad(r.gate_grad_sum(dout, m, mk), sg_m);
+      }
+      bias_sum += ds_m;
+      const RVec ds_wide(ds_m);
+      const Vec dsv(static_cast<acc>(ds_m)), Gv(G_m);
       for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
         const int64_t off = m * d + i;
         const Vec xv = io::load(r.x + off, n);
