@@ -56,7 +56,9 @@ PAIRED_OPS = ("dma_linear", "dma_linear_multi")  # headline fwd+bwd also timed i
 # back-to-back pairs with it
 PAIRS = 15
 MAX_PAIRS = 41
+MIN_GATED_PAIRS = 7
 PAIRED_BUDGET_S = 0.15  # gated_residual: petal and the unfused form back to back, pairs fitting 2x this
+SWEEP_BUDGET = 0.6  # a sweep case's share of the timing budget of a headline case (min 3 rounds either way)
 FLOOR_FREE_DIMS = ("g", "p")  # gated_residual's granularity and dropout: one floor serves them all
 GRANULARITIES = ("large", "middleX", "middleY", "small")
 VLPET_DROPOUT = 0.1
@@ -548,7 +550,7 @@ def measure(benchmark, request, setup_cache, floor_times):
         device = torch.device(param.device)
         setup = setup_cache.get(param)
         fn = _callable_for(setup, param.mode, device)
-        rounds = _rounds(fn, budget, 3 if param.sweep else 5, 200)
+        rounds = _rounds(fn, budget * SWEEP_BUDGET if param.sweep else budget, 3 if param.sweep else 5, 200)
         benchmark.group = param.group
         benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
 
@@ -586,7 +588,7 @@ def measure(benchmark, request, setup_cache, floor_times):
         if param.op == "gated_residual" and param.impl == "petal" and param.mode == "full":
             unfused = SETUPS[param.op]("unfused", param.device, param.dtype, **param.shape)
             unfused_fn = _callable_for(unfused, "full", device)
-            pairs = _rounds(lambda: (fn(), unfused_fn()), PAIRED_BUDGET_S, PAIRS, MAX_PAIRS)
+            pairs = _rounds(lambda: (fn(), unfused_fn()), PAIRED_BUDGET_S, MIN_GATED_PAIRS, MAX_PAIRS)
             ratios = _paired_ratios(unfused_fn, fn, pairs, warm=True)  # unfused time over petal's
             info.update(paired_speedup_over_unfused=statistics.median(ratios),
                         paired_speedup_range=[min(ratios), max(ratios)], pairs=len(ratios))
