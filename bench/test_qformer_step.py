@@ -171,7 +171,7 @@ def t5_family(scale) -> Family:
 def _run(benchmark, model: str, preset: str, family: Family, baselines: tuple):
     setup = family.setups[preset]
     benchmark.group = f"{model} training step cpu float32 B={BATCH}"
-    benchmark.pedantic(setup.step, rounds=2, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(setup.step, rounds=1, iterations=1, warmup_rounds=0)  # a cross-check: the cycles count
     info = {"op": f"{model}_step", "impl": preset, "device": "cpu", "dtype": "float32", "mode": "step",
             "B": BATCH, "backend": setup.backend, "threads": torch.get_num_threads(),
             "trainable_params": setup.trainable, "total_params": setup.total,
