@@ -57,7 +57,7 @@ PAIRED_OPS = ("dma_linear", "dma_linear_multi")  # petal's headline fwd+bwd also
 PAIRED_IMPLS = ("petal", "petal_p0.1")  # the ones a target reads; the baselines' medians stand as they are
 PAIRS = 15
 MAX_PAIRS = 41
-MIN_GATED_PAIRS = 7
+MIN_GATED_PAIRS = 5
 PAIRED_BUDGET_S = 0.15  # gated_residual: petal and the unfused form back to back, pairs fitting 2x this
 SWEEP_BUDGET = 0.5  # a sweep case's share of the timing budget of a headline case (min 3 rounds either way)
 FLOOR_FREE_DIMS = ("g", "p")  # gated_residual's granularity and dropout: one floor serves them all
@@ -543,7 +543,8 @@ def floor_times() -> dict:
 @pytest.fixture
 def measure(benchmark, request, setup_cache, floor_times):
     """``measure(param)``: time ``param``'s mode with pytest-benchmark, then record in ``extra_info``
-    the ratio to the floor (same run), TFLOP/s, saved-for-backward bytes and (mode ``full``) peak memory."""
+    the ratio to the floor (same run), TFLOP/s, saved-for-backward bytes and (mode ``full``, headline
+    shapes) peak memory."""
     scale = bench_scale(request.config)
     budget = 1.0 if scale == "full" else 0.4
 
@@ -596,7 +597,7 @@ def measure(benchmark, request, setup_cache, floor_times):
         if setup.saved_bytes is None:  # a property of the forward: once per setup, not per mode
             setup.saved_bytes = memory.saved_bytes(setup.forward, setup.keep)
         info["saved_bytes"] = setup.saved_bytes
-        if param.mode == "full":
+        if param.mode == "full" and not param.sweep:  # the sweep reports saved bytes (peak: headline shapes)
             info["peak_bytes"] = memory.peak_bytes(_callable_for(setup, "full", device), device)
         benchmark.extra_info.update(info)
         return info
