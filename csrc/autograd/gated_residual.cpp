@@ -1,7 +1,8 @@
 // petal_C::gated_residual_autograd: the differentiable gated_residual that eager calls run on the compiled
 // backends (cpu, cuda). The same canonicalisation and autograd formula as petal_kernels/_ops.py's
-// petal::gated_residual, in C++: a Python autograd.Function pays ~0.2 ms per forward+backward in
-// reshapes, argument handling and Function.apply, more than the whole kernel at a few hundred rows.
+// petal::gated_residual, in C++: the Python autograd.Function over the same kernels cost ~0.13 ms more
+// per forward+backward (reshapes, argument handling, Function.apply; docs/GATED_CPU.md), as much as
+// the whole unfused form at a few rows.
 // torch.compile and functorch keep tracing the torch.library op (petal_kernels/_ops.py).
 //
 //   gated_residual_autograd(Tensor x, Tensor h, Tensor u, str granularity, float adapter_scale,
