@@ -327,7 +327,8 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
       red ds_m;
       acc G_m;
       if (small) {
-        ds_m = ds[m], G_m = G[m];
+        ds_m = ds[m];
+        G_m = G[m];
       } else {
         const red sg_m = petal::sigmoid(score_of(m));
         G_m = static_cast<acc>(sg_m);
