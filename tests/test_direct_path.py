@@ -13,6 +13,7 @@ from tests.helpers import CPU_BACKENDS
 from tests.test_dma_linear import _multi, _multi_inputs
 from tests.test_dma_linear import make_inputs as dma_inputs
 from tests.test_gated_residual import make_inputs as gated_inputs
+from tests.test_op_errors import GATE_BAD, gate_args
 
 needs_cpu = pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="needs the compiled extension")
 
@@ -195,3 +196,88 @@ def test_cpp_autograd_op_under_chained_activation_checkpoints(reentrant):
         grads.append((x.grad, gate.weight.grad, gate.bias.grad))
     for a, b in zip(*grads, strict=True):  # the same dropout; the gate grads' two blocks add in either order
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# Calls the C++ op's own checks must refuse: each passes the kernels' size checks after a reshape.
+_RESHAPEABLE_BAD = [
+    ("h transposed leading dims", "middleX", {"h": torch.randn(3, 2, 4)}),
+    ("gate_vector as a row", "middleY", {"gate_vector": torch.randn(1, 4)}),
+    ("gate_logits transposed", "large", {"gate_logits": torch.randn(3, 2, 4)}),
+    ("mask transposed", "middleX", {"dropout_mask": torch.ones(3, 2, 4)}),
+    ("gate on another device", "middleY", {"gate_vector": torch.randn(4, device="meta")}),
+]
+
+
+@needs_cpu
+@pytest.mark.parametrize("label,args,exc,match", GATE_BAD, ids=[c[0] for c in GATE_BAD])
+def test_cpp_op_refuses_every_call_the_checks_refuse(label, args, exc, match):
+    """The public call runs petal_C::gated_residual_autograd without the Python checks, which run only
+    when it refuses: it must refuse at least what they do (the scale's Python type is checked before)."""
+    if label in ("scale type", "bool scale"):
+        pytest.skip("the scales' Python types are checked before the op is called")
+    with pytest.raises((RuntimeError, TypeError, ValueError)):
+        torch.ops.petal_C.gated_residual_autograd(**{"dropout_p": 0.0, "dropout_seed": None, **_op_args(args)})
+
+
+@needs_cpu
+@pytest.mark.parametrize("label,granularity,over", _RESHAPEABLE_BAD, ids=[c[0] for c in _RESHAPEABLE_BAD])
+def test_reshapeable_bad_shapes_get_the_documented_error(label, granularity, over):
+    args = {**gate_args(granularity), **over}
+    with pytest.raises((RuntimeError, ValueError)):
+        torch.ops.petal_C.gated_residual_autograd(**{"dropout_p": 0.0, "dropout_seed": None, **_op_args(args)})
+    with pytest.raises(ValueError, match=next(iter(over))):
+        pk.gated_residual(**args)
+
+
+def _op_args(args: dict) -> dict:
+    gates = ("gate_logits", "gate_weight", "gate_bias", "gate_vector", "dropout_mask")
+    return {"adapter_scale": 1.0, "gate_scale": 1.0, **{g: None for g in gates}, **args}
+
+
+@needs_cpu
+def test_public_call_skips_the_python_checks_and_equals_the_checked_path(monkeypatch):
+    inputs = gated_inputs("small", (2, 5, 12), mask=False)
+    inputs["dropout_p"] = 0.25
+    checked = _run_both(pk.gated_residual, inputs, monkeypatch)[1]  # DIRECT off: checks + registered op
+    monkeypatch.setattr(_ops, "DIRECT", True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Python checks ran for a valid call")
+
+    monkeypatch.setattr(pk._checks, "gated_residual", refuse)
+    monkeypatch.setattr(pk, "autocast_args", refuse)
+    leaves = {k: v.detach().float().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v
+              for k, v in inputs.items()}
+    torch.manual_seed(7)  # the C++ op draws its seed as philox.draw_seed does
+    out = pk.gated_residual(**leaves)
+    assert "GatedResidualAutograd" in out.grad_fn.name()
+    names = [k for k, v in leaves.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+    gen = torch.Generator().manual_seed(3)
+    grads = torch.autograd.grad(out, [leaves[n] for n in names], torch.randn(out.shape, generator=gen))
+    _assert_same(((out,), dict(zip(names, grads))), checked)
+
+
+@needs_cpu
+def test_a_refused_call_with_dropout_leaves_the_generator_untouched():
+    args = {**gate_args("middleX"), "h": torch.randn(3, 2, 4), "dropout_p": 0.3}
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match="h must have shape"):
+        pk.gated_residual(**args)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@needs_cpu
+@pytest.mark.parametrize("granularity", pk.GRANULARITIES)
+def test_cpp_op_autocasts_as_the_python_path(granularity, monkeypatch):
+    """Under torch.autocast the C++ op casts the floating operands as petal_kernels._autocast does."""
+    inputs = gated_inputs(granularity, (2, 3, 8), mask=False)
+    outs = []
+    for direct in (True, False):
+        monkeypatch.setattr(_ops, "DIRECT", direct)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = pk.gated_residual(**inputs)
+        assert out.dtype == torch.bfloat16
+        assert direct == ("GatedResidualAutograd" in out.grad_fn.name())
+        grads = torch.autograd.grad(out.float().sum(), inputs["x"])
+        outs.append((out, grads[0]))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

@@ -7,16 +7,23 @@
 //
 //   gated_residual_autograd(Tensor x, Tensor h, Tensor u, str granularity, float adapter_scale,
 //       float gate_scale, Tensor? gate_logits, Tensor? gate_weight, Tensor? gate_bias, Tensor? gate_vector,
-//       Tensor? dropout_mask, float dropout_p, int dropout_seed) -> Tensor
+//       Tensor? dropout_mask, float dropout_p, int? dropout_seed) -> Tensor
 //
-// x, h, u (and gate_logits, dropout_mask) are (..., d) with at least one row; the kernels get them as
-// contiguous (rows, d), the gate parameters flattened. Backward: dL/dx is dout itself for the gates that
-// do not read x, dL/du is dL/dh when adapter_scale is 1; nothing is saved beyond the inputs and the
+// The op takes the public call's arguments as they come: under torch.autocast it casts the floating
+// operands to the autocast dtype, it accepts exactly the calls petal_kernels._checks accepts with at
+// least one row (and raises on anything else before computing: the Python wrapper then runs those checks
+// for the documented error), and it draws the dropout seed from the default generator when none is
+// given, as petal_kernels.philox.draw_seed does. The kernels get x, h, u (and gate_logits, dropout_mask)
+// as contiguous (rows, d), the gate parameters flattened. Backward: dL/dx is dout itself for the gates
+// that do not read x, dL/du is dL/dh when adapter_scale is 1; nothing is saved beyond the inputs and the
 // (rows,) gate scores. Double backward is refused (the kernels' backward is not differentiable).
+#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -129,9 +136,9 @@ struct GatedResidualAutograd : public torch::autograd::Function<GatedResidualAut
     const double adapter_scale = ctx->saved_data["adapter_scale"].toDouble();
     const Tensor& dout = grad_outputs[0];
 
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     Canonical c(x, h, u, granularity, gates[0], gates[1], gates[2], gates[3], mask);
     const int64_t rows = c.x.size(0), d = c.x.size(1);
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [dx, dh, du, d_logits, d_weight, d_bias, d_vector] = backward_op().call(
         dout.reshape({rows, d}).contiguous(), c.x, c.h, c.u, granularity, adapter_scale,
         ctx->saved_data["gate_scale"].toDouble(), c.logits, c.weight, c.bias, c.vector, c.mask,
@@ -153,16 +160,98 @@ struct GatedResidualAutograd : public torch::autograd::Function<GatedResidualAut
 
 namespace {
 
-Tensor gated_residual_autograd(const Tensor& x, const Tensor& h, const Tensor& u, std::string_view granularity,
-                               double adapter_scale, double gate_scale, const OptTensor& gate_logits,
-                               const OptTensor& gate_weight, const OptTensor& gate_bias,
-                               const OptTensor& gate_vector, const OptTensor& dropout_mask, double dropout_p,
-                               int64_t dropout_seed) {
+enum class Gate { large, middleX, middleY, small };
+
+Gate parse_gate(std::string_view name) {
+  if (name == "large") return Gate::large;
+  if (name == "middleX") return Gate::middleX;
+  if (name == "middleY") return Gate::middleY;
+  TORCH_CHECK_VALUE(name == "small", "gated_residual_autograd: granularity must be one of large, middleX, "
+                    "middleY, small; got ", name);
+  return Gate::small;
+}
+
+bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+// The checks of petal_kernels._checks.gated_residual, as one accept/reject decision.
+void check_operands(Gate gate, const Tensor& x, const Tensor& h, const Tensor& u, const OptTensor& logits,
+                    const OptTensor& weight, const OptTensor& bias, const OptTensor& vector, const OptTensor& mask,
+                    double dropout_p) {
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
+                   "gated_residual_autograd: x must be a float16, bfloat16, float32 or float64 tensor, got ", dtype);
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) > 0 && x.numel() > 0,
                     "gated_residual_autograd: x must have at least one row of a positive width, got shape ",
                     x.sizes());
-  return GatedResidualAutograd::apply(x, h, u, granularity, adapter_scale, gate_scale, gate_logits,
-                              gate_weight, gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed);
+  const int64_t d = x.size(-1);
+  auto like = [&](const char* name, const Tensor& t) {
+    TORCH_CHECK_TYPE(t.scalar_type() == dtype, "gated_residual_autograd: ", name, " has dtype ", t.scalar_type(),
+                     " but x has ", dtype);
+    TORCH_CHECK_VALUE(t.device() == x.device(), "gated_residual_autograd: ", name, " is on ", t.device(),
+                      " but x is on ", x.device());
+  };
+  auto shaped = [&](const char* name, const OptTensor& t, at::IntArrayRef sizes) {
+    TORCH_CHECK_VALUE(present(t), "gated_residual_autograd: this granularity needs ", name);
+    like(name, *t);
+    TORCH_CHECK_VALUE(t->sizes() == sizes, "gated_residual_autograd: ", name, " must have shape ", sizes,
+                      ", got ", t->sizes());
+  };
+  auto absent = [&](const char* name, const OptTensor& t) {
+    TORCH_CHECK_VALUE(!present(t), "gated_residual_autograd: ", name, " is not used by this granularity");
+  };
+  shaped("h", h, x.sizes());
+  shaped("u", u, x.sizes());
+  const bool row_gate = gate == Gate::middleX || gate == Gate::small;
+  if (gate == Gate::large) shaped("gate_logits", logits, x.sizes()); else absent("gate_logits", logits);
+  if (gate == Gate::middleY) shaped("gate_vector", vector, {d}); else absent("gate_vector", vector);
+  if (row_gate) {
+    shaped("gate_weight", weight, {gate == Gate::small ? 2 * d : d});
+    TORCH_CHECK_VALUE(present(bias) && bias->numel() == 1 && bias->dim() <= 1,
+                      "gated_residual_autograd: gate_bias must be a one-element tensor of shape () or (1,)");
+    like("gate_bias", *bias);
+  } else {
+    absent("gate_weight", weight);
+    absent("gate_bias", bias);
+  }
+  TORCH_CHECK_VALUE(gate != Gate::small || x.dim() == 3, "gated_residual_autograd: granularity 'small' needs x of "
+                    "shape (B, T, d), got ", x.sizes());
+  if (present(mask)) shaped("dropout_mask", mask, x.sizes());
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "gated_residual_autograd: dropout_p must be in [0, 1), "
+                    "got ", dropout_p);
+  TORCH_CHECK_VALUE(dropout_p == 0.0 || !present(mask),
+                    "gated_residual_autograd: dropout_mask and dropout_p > 0 are exclusive");
+}
+
+// Under torch.autocast every floating operand runs in the autocast dtype (petal_kernels/_autocast.py).
+Tensor autocast(const Tensor& t, std::optional<at::ScalarType> dtype) {
+  return dtype && t.is_floating_point() ? t.to(*dtype) : t;
+}
+
+OptTensor autocast(const OptTensor& t, std::optional<at::ScalarType> dtype) {
+  return present(t) ? OptTensor(autocast(*t, dtype)) : t;
+}
+
+Tensor gated_residual_autograd(const Tensor& x_, const Tensor& h_, const Tensor& u_, std::string_view granularity,
+                               double adapter_scale, double gate_scale, const OptTensor& gate_logits_,
+                               const OptTensor& gate_weight_, const OptTensor& gate_bias_,
+                               const OptTensor& gate_vector_, const OptTensor& dropout_mask_, double dropout_p,
+                               std::optional<int64_t> dropout_seed) {
+  const Gate gate = parse_gate(granularity);
+  const auto device = x_.device().type();
+  std::optional<at::ScalarType> cast;
+  if (at::autocast::is_autocast_enabled(device)) cast = at::autocast::get_autocast_dtype(device);
+  const Tensor x = autocast(x_, cast), h = autocast(h_, cast), u = autocast(u_, cast);
+  const OptTensor gate_logits = autocast(gate_logits_, cast), gate_weight = autocast(gate_weight_, cast),
+                  gate_bias = autocast(gate_bias_, cast), gate_vector = autocast(gate_vector_, cast),
+                  dropout_mask = autocast(dropout_mask_, cast);
+  check_operands(gate, x, h, u, gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask, dropout_p);
+  int64_t seed = dropout_seed.value_or(0);
+  if (dropout_p > 0.0 && !dropout_seed.has_value()) {  // philox.draw_seed: [0, 2**63 - 1) from the generator
+    seed = at::randint(0, std::numeric_limits<int64_t>::max(), at::IntArrayRef{}, at::TensorOptions().dtype(at::kLong))
+               .item<int64_t>();
+  }
+  return GatedResidualAutograd::apply(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
+                                      gate_bias, gate_vector, dropout_mask, dropout_p, seed);
 }
 
 }  // namespace
@@ -172,7 +261,7 @@ TORCH_LIBRARY_FRAGMENT(petal_C, m) {
   m.def(
       "gated_residual_autograd(Tensor x, Tensor h, Tensor u, str granularity, float adapter_scale, "
       "float gate_scale, Tensor? gate_logits, Tensor? gate_weight, Tensor? gate_bias, Tensor? gate_vector, "
-      "Tensor? dropout_mask, float dropout_p, int dropout_seed) -> Tensor");
+      "Tensor? dropout_mask, float dropout_p, int? dropout_seed) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(petal_C, CompositeImplicitAutograd, m) {
