@@ -508,8 +508,9 @@ def gated_residual_compiled(x, h, u, granularity, adapter_scale, gate_scale, gat
     raises the documented error. Saves the Python checks' ~40 us per call (docs/GATED_CPU.md)."""
     if type(x) not in _PLAIN or type(h) not in _PLAIN or type(u) not in _PLAIN or dropout_seed is not None:
         return None
-    if type(adapter_scale) not in _NUMBERS or type(gate_scale) not in _NUMBERS or type(dropout_p) not in _NUMBERS:
-        return None
+    for number in (adapter_scale, gate_scale, dropout_p):
+        if type(number) not in _NUMBERS:
+            return None
     for t in (gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask):
         if t is not None and type(t) not in _PLAIN:
             return None

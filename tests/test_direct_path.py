@@ -216,7 +216,7 @@ def test_cpp_op_refuses_every_call_the_checks_refuse(label, args, exc, match):
     if label in ("scale type", "bool scale"):
         pytest.skip("the scales' Python types are checked before the op is called")
     with pytest.raises((RuntimeError, TypeError, ValueError)):
-        torch.ops.petal_C.gated_residual_autograd(**{"dropout_p": 0.0, "dropout_seed": None, **_op_args(args)})
+        torch.ops.petal_C.gated_residual_autograd(**_op_args(args))
 
 
 @needs_cpu
@@ -224,14 +224,15 @@ def test_cpp_op_refuses_every_call_the_checks_refuse(label, args, exc, match):
 def test_reshapeable_bad_shapes_get_the_documented_error(label, granularity, over):
     args = {**gate_args(granularity), **over}
     with pytest.raises((RuntimeError, ValueError)):
-        torch.ops.petal_C.gated_residual_autograd(**{"dropout_p": 0.0, "dropout_seed": None, **_op_args(args)})
+        torch.ops.petal_C.gated_residual_autograd(**_op_args(args))
     with pytest.raises(ValueError, match=next(iter(over))):
         pk.gated_residual(**args)
 
 
 def _op_args(args: dict) -> dict:
     gates = ("gate_logits", "gate_weight", "gate_bias", "gate_vector", "dropout_mask")
-    return {"adapter_scale": 1.0, "gate_scale": 1.0, **{g: None for g in gates}, **args}
+    return {"adapter_scale": 1.0, "gate_scale": 1.0, "dropout_p": 0.0, "dropout_seed": None,
+            **{g: None for g in gates}, **args}
 
 
 @needs_cpu
