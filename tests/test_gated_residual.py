@@ -165,3 +165,22 @@ def test_fuzz_shapes(B, T, d, granularity, mask, seed, a_s, g_s):
     inputs = make_inputs(granularity, (B, T, d), mask=mask, seed=seed, scales=(a_s, g_s))
     for name in [b for b in CPU_BACKENDS if b != "triton"]:
         compare(name, torch.float32, pk.gated_residual, ref.gated_residual, inputs, grad_names(inputs))
+
+
+@pytest.mark.parametrize("backend_name", CPU_BACKENDS)
+def test_large_gate_sigmoid_over_the_whole_float_range(backend_name):
+    """The float32 sigmoid of the large gate (a polynomial exp on the CPU) against float64: within 1e-6
+    of each element over logits from -100 to 100, exact 0 and 1 at -inf and inf, NaN kept."""
+    if backend_name == "triton":
+        pytest.skip("the interpreter is too slow for 2**16 rows; the Triton sigmoid is tl.sigmoid")
+    special = torch.tensor([0.0, -0.0, 87.0, -87.0, -87.5, 88.8, -88.8, 1e-40, float("inf"), float("-inf"),
+                            float("nan"), 17.0, -17.0, -30.0])
+    logits = torch.cat([torch.linspace(-100, 100, 2 ** 16 - special.numel()), special]).view(-1, 16)
+    x, h, u = torch.zeros_like(logits), torch.ones_like(logits), torch.zeros_like(logits)
+    with pk.use_backend(backend_name):
+        gate = pk.gated_residual(x, h, u, "large", gate_logits=logits).double()
+    want = torch.sigmoid(logits.double())
+    finite = logits.isfinite()
+    assert torch.all((gate - want).abs()[finite] <= 1e-6 * want[finite] + 1e-37)
+    tail = gate.flatten()[-special.numel():]
+    assert tail[8] == 1.0 and tail[9] == 0.0 and tail[10].isnan()

@@ -1,9 +1,10 @@
 // petal/macros.h — what makes the element-wise math headers compile for both host C++ and nvcc.
 //
 //   PETAL_HD          qualifier of every header function: `__host__ __device__ __forceinline__` under
-//                     nvcc/hip, plain `inline` in host C++.
+//                     nvcc/hip, a forced inline in host C++ too (a call left in a vectorised loop, even
+//                     through the PLT, once cost the large gate's forward half its speed).
 //   petal::Math<T>    customisation point for the few transcendental helpers the math needs
-//                     (today: Math<T>::exp). Specialised here for float and double; the CPU kernels add a
+//                     (today: Math<T>::exp and Math<T>::sigmoid). Specialised here for float and double; the CPU kernels add a
 //                     specialisation for at::vec::Vectorized<float/double>, the CUDA kernels may add device
 //                     intrinsics. Specialise it *before* instantiating a header template with a new T.
 //
@@ -14,8 +15,10 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define PETAL_HD __host__ __device__ __forceinline__
+#elif defined(_MSC_VER)
+#define PETAL_HD __forceinline
 #else
-#define PETAL_HD inline
+#define PETAL_HD inline __attribute__((always_inline))
 #endif
 
 namespace petal {
@@ -26,17 +29,19 @@ struct Math;
 template <>
 struct Math<float> {
   static PETAL_HD float exp(float v) { return ::expf(v); }
+  static PETAL_HD float sigmoid(float v) { return 1.0f / (1.0f + ::expf(-v)); }
 };
 
 template <>
 struct Math<double> {
   static PETAL_HD double exp(double v) { return ::exp(v); }
+  static PETAL_HD double sigmoid(double v) { return 1.0 / (1.0 + ::exp(-v)); }
 };
 
 // sigmoid(v) = 1 / (1 + exp(-v)); NaN in -> NaN out, ±inf -> 1 / 0.
 template <typename T>
 PETAL_HD T sigmoid(T v) {
-  return T(1) / (T(1) + Math<T>::exp(-v));
+  return Math<T>::sigmoid(v);
 }
 
 // d sigmoid / d v expressed through the sigmoid's value g.
