@@ -134,11 +134,9 @@ class Family:
     def __init__(self, build: Callable[[str], StepSetup], presets: tuple, cycles: int):
         self.setups = {p: build(p) for p in presets}
         # the first step allocates the AdamW state: its peak covers activations, gradients and that
-        # state, i.e. the training memory beyond the model's weights
+        # state, i.e. the training memory beyond the model's weights; it is also the warm-up
         self.peaks = {p: memory.peak_bytes(s.step, "cpu") for p, s in self.setups.items()}
         self.times: dict[str, list[float]] = {p: [] for p in presets}
-        for s in self.setups.values():  # warm-up
-            s.step()
         for c in range(cycles):
             for p in presets[c % len(presets):] + presets[:c % len(presets)]:
                 start = time.perf_counter()
