@@ -212,13 +212,18 @@ struct Partials {
         data(chunks_ * segments_ * dp, red(0)) {}
   red* chunk(int64_t c, int64_t segment = 0) { return data.data() + (c * segments + segment) * dp; }
 
+  // Column sums in chunk order, a row of partials at a time (contiguous, vectorised; the same sums as
+  // adding each column's partials one by one).
   void combine(scalar_t* dst) const {
-    at::parallel_for(0, segments * d, combine_grain(chunks), [&](int64_t k0, int64_t k1) {
+    const int64_t width = segments * dp;
+    at::parallel_for(0, width, combine_grain(chunks), [&](int64_t k0, int64_t k1) {
+      std::vector<red> sum(data.begin() + k0, data.begin() + k1);
+      for (int64_t c = 1; c < chunks; ++c) {
+        const red* row = data.data() + c * width;
+        for (int64_t k = k0; k < k1; ++k) sum[k - k0] += row[k];
+      }
       for (int64_t k = k0; k < k1; ++k) {
-        const int64_t s = k / d, i = k % d;
-        red sum = 0;
-        for (int64_t c = 0; c < chunks; ++c) sum += data[(c * segments + s) * dp + i];
-        dst[k] = static_cast<scalar_t>(sum);
+        if (k % dp < d) dst[k / dp * d + k % dp] = static_cast<scalar_t>(sum[k - k0]);
       }
     });
   }
