@@ -504,10 +504,13 @@ def gated_residual_compiled(x, h, u, granularity, adapter_scale, gate_scale, gat
                             gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed):
     """The public call straight into petal_C::gated_residual_autograd, which autocasts, validates and draws
     the dropout seed itself; None when that op is not the one to run (another backend, a mode, a subclass,
-    a seed given, zero rows) or it rejects the arguments: the caller then takes the checked path, which
-    raises the documented error. Saves the Python checks' ~40 us per call (docs/GATED_CPU.md)."""
-    if type(x) not in _PLAIN or type(h) not in _PLAIN or type(u) not in _PLAIN or dropout_seed is not None:
+    a seed tensor or one beyond int64, zero rows) or it rejects the arguments: the caller then takes the
+    checked path, which raises the documented error. Saves the Python checks' ~40 us per call
+    (docs/GATED_CPU.md)."""
+    if type(x) not in _PLAIN or type(h) not in _PLAIN or type(u) not in _PLAIN:
         return None
+    if dropout_seed is not None and not (type(dropout_seed) is int and -2 ** 63 <= dropout_seed < 2 ** 63):
+        return None  # int64 seeds are passed as they are; the checked path converts the others
     for number in (adapter_scale, gate_scale, dropout_p):
         if type(number) not in _NUMBERS:
             return None
@@ -519,7 +522,7 @@ def gated_residual_compiled(x, h, u, granularity, adapter_scale, gate_scale, gat
     try:
         return torch.ops.petal_C.gated_residual_autograd(
             x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias, gate_vector,
-            dropout_mask, dropout_p, None)
+            dropout_mask, dropout_p, dropout_seed)
     except (RuntimeError, TypeError, ValueError):
         return None
 

@@ -236,9 +236,10 @@ def _op_args(args: dict) -> dict:
 
 
 @needs_cpu
-def test_public_call_skips_the_python_checks_and_equals_the_checked_path(monkeypatch):
+@pytest.mark.parametrize("seed", [None, 12345, -7, 2 ** 63 - 1])
+def test_public_call_skips_the_python_checks_and_equals_the_checked_path(seed, monkeypatch):
     inputs = gated_inputs("small", (2, 5, 12), mask=False)
-    inputs["dropout_p"] = 0.25
+    inputs["dropout_p"], inputs["dropout_seed"] = 0.25, seed
     checked = _run_both(pk.gated_residual, inputs, monkeypatch)[1]  # DIRECT off: checks + registered op
     monkeypatch.setattr(_ops, "DIRECT", True)
 
