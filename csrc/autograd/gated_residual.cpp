@@ -28,6 +28,8 @@
 #include <string>
 #include <string_view>
 
+#include "../aten/gate.h"
+
 namespace petal_C {
 namespace {
 
@@ -159,17 +161,6 @@ struct GatedResidualAutograd : public torch::autograd::Function<GatedResidualAut
 };
 
 namespace {
-
-enum class Gate { large, middleX, middleY, small };
-
-Gate parse_gate(std::string_view name) {
-  if (name == "large") return Gate::large;
-  if (name == "middleX") return Gate::middleX;
-  if (name == "middleY") return Gate::middleY;
-  TORCH_CHECK_VALUE(name == "small", "gated_residual_autograd: granularity must be one of large, middleX, "
-                    "middleY, small; got ", name);
-  return Gate::small;
-}
 
 bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 

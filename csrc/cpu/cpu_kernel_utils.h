@@ -30,34 +30,33 @@ struct HasExpU20<V, std::void_t<decltype(std::declval<const V&>().exp_u20())>> :
 // dependent FMAs were a third of it. -v is clamped to +-87 (exp within float's normal range); below
 // v = -87 the sigmoid (< 1.7e-38) is 0, as at -inf; NaN is put back at the end.
 #if (defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)) && !defined(_MSC_VER)
+// 2^n for whole-numbered float lanes n in [-126, 127], by building the exponent field.
+template <typename Vec>
+C10_ALWAYS_INLINE Vec pow2i(const Vec& n) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512i biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23));
+#else
+  const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
+#endif
+}
+
 template <typename Vec>
 C10_ALWAYS_INLINE Vec fast_sigmoid(const Vec& v) {  // an out-of-line call in the loops cost 50 %
   constexpr float c1 = 0.999999701f, c2 = 0.499991506f, c3 = 0.166676521f, c4 = 0.0418978221f,
                   c5 = 0.00828929059f;
   constexpr float log2e = 1.44269504088896341f, ln2 = 0.693147180559945309f;
-#if defined(CPU_CAPABILITY_AVX512)
-  const __m512 t = _mm512_max_ps(_mm512_min_ps(_mm512_sub_ps(_mm512_setzero_ps(), v), _mm512_set1_ps(87.f)),
-                                 _mm512_set1_ps(-87.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(log2e)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 two_n = _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
-#else
-  const __m256 t = _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), v), _mm256_set1_ps(87.f)),
-                                 _mm256_set1_ps(-87.f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(t, _mm256_set1_ps(log2e)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 two_n = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
-#endif
   using at::vec::fmadd;
-  const Vec r = at::vec::fnmadd(Vec(n), Vec(ln2), Vec(t));
+  const Vec t = at::vec::clamp(v.neg(), Vec(-87.f), Vec(87.f));
+  const Vec n = (t * Vec(log2e)).round();
+  const Vec r = at::vec::fnmadd(n, Vec(ln2), t);
   const Vec r2 = r * r;
   const Vec low = fmadd(r, Vec(c1), Vec(1.f));                                  // 1 + c1 r
   const Vec mid = fmadd(r, Vec(c3), Vec(c2));                                   // c2 + c3 r
   const Vec high = fmadd(r, Vec(c5), Vec(c4));                                  // c4 + c5 r
   const Vec p = fmadd(fmadd(high, r2, mid), r2, low);
-  const Vec s = Vec(1.f) / fmadd(p, Vec(two_n), Vec(1.f));
+  const Vec s = Vec(1.f) / fmadd(p, pow2i(n), Vec(1.f));
   return Vec::blendv(Vec::blendv(s, Vec(0.f), v < Vec(-87.f)), v, v.isnan());
 }
 #endif
@@ -66,8 +65,9 @@ template <typename S>
 struct Math<at::vec::Vectorized<S>> {
   using Vec = at::vec::Vectorized<S>;
 
-  // float: ATen's polynomial exp_u20 (a few ulp here) instead of Sleef's 1-ulp exp; it clamps its
-  // input, so NaN and overflow are put back. double keeps Sleef.
+  // The sigmoid's exp where fast_sigmoid does not apply. float: ATen's polynomial exp_u20 (a few ulp
+  // here) instead of Sleef's 1-ulp exp; it clamps its input, so NaN and overflow are put back. double
+  // keeps Sleef.
   static Vec exp(const Vec& v) {
     if constexpr (std::is_same_v<S, float> && HasExpU20<Vec>::value) {
       const Vec big(88.72283935546875f);  // ln(FLT_MAX): exp_u20 clamps above it

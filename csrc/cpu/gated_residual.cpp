@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "../aten/gate.h"
 #include "cpu_kernel_utils.h"
 #include "ops.h"
 #include "philox_fill.h"
@@ -12,16 +13,6 @@
 
 namespace petal_C::cpu {
 namespace {
-
-enum class Gate { large, middleX, middleY, small };
-
-Gate parse_gate(std::string_view name) {
-  if (name == "large") return Gate::large;
-  if (name == "middleX") return Gate::middleX;
-  if (name == "middleY") return Gate::middleY;
-  if (name == "small") return Gate::small;
-  TORCH_CHECK_VALUE(false, "granularity must be one of large, middleX, middleY, small; got ", name);
-}
 
 template <typename scalar_t>
 const scalar_t* ptr_or_null(const std::optional<at::Tensor>& t) {

@@ -4,8 +4,8 @@
 //                     nvcc/hip, a forced inline in host C++ too (a call left in a vectorised loop, even
 //                     through the PLT, once cost the large gate's forward half its speed).
 //   petal::Math<T>    customisation point for the few transcendental helpers the math needs
-//                     (today: Math<T>::exp and Math<T>::sigmoid). Specialised here for float and double; the CPU kernels add a
-//                     specialisation for at::vec::Vectorized<float/double>, the CUDA kernels may add device
+//                     (today: Math<T>::sigmoid). Specialised here for float and double; the CPU
+//                     kernels add a specialisation for at::vec::Vectorized<float/double>, the CUDA kernels may add device
 //                     intrinsics. Specialise it *before* instantiating a header template with a new T.
 //
 // No torch headers here or in any petal/*.h: they are included by .cu files built without torch.
@@ -28,13 +28,11 @@ struct Math;
 
 template <>
 struct Math<float> {
-  static PETAL_HD float exp(float v) { return ::expf(v); }
   static PETAL_HD float sigmoid(float v) { return 1.0f / (1.0f + ::expf(-v)); }
 };
 
 template <>
 struct Math<double> {
-  static PETAL_HD double exp(double v) { return ::exp(v); }
   static PETAL_HD double sigmoid(double v) { return 1.0 / (1.0 + ::exp(-v)); }
 };
 
