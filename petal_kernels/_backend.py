@@ -46,8 +46,7 @@ def _load(name: str) -> ModuleType | None:
 
 def compiled_cpu() -> bool:
     """Whether CPU tensors run on the already loaded compiled 'cpu' backend (no other one requested)."""
-    name = _forced or _env_backend()
-    return (not name or name == "cpu") and _loaded.get("cpu") is not None
+    return requested() in (None, "cpu") and _loaded.get("cpu") is not None
 
 
 def _triton_runs_on(device: torch.device) -> bool:
