@@ -18,21 +18,26 @@ from tests.test_op_errors import GATE_BAD, gate_args
 needs_cpu = pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="needs the compiled extension")
 
 
+def _run(fn, inputs):
+    """(outputs, grads) of ``fn(**inputs)`` on float32 copies of the inputs, with fixed seeds."""
+    leaves = {k: v.detach().float().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor)
+              else v for k, v in inputs.items()}
+    names = [k for k, v in leaves.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+    torch.manual_seed(7)  # in-kernel dropout draws its seed from the generator
+    out = fn(**leaves)
+    outs = out if isinstance(out, tuple) else (out,)
+    gen = torch.Generator().manual_seed(3)
+    grads = torch.autograd.grad(outs, [leaves[n] for n in names],
+                                [torch.randn(o.shape, generator=gen) for o in outs], allow_unused=True)
+    return outs, dict(zip(names, grads))
+
+
 def _run_both(fn, inputs, monkeypatch):
     """(outputs, grads) of ``fn(**inputs)`` on the direct path and on the registered op."""
     results = []
     for direct in (True, False):
         monkeypatch.setattr(_ops, "DIRECT", direct)
-        leaves = {k: v.detach().float().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor)
-                  else v for k, v in inputs.items()}
-        names = [k for k, v in leaves.items() if isinstance(v, torch.Tensor) and v.requires_grad]
-        torch.manual_seed(7)  # in-kernel dropout draws its seed from the generator
-        out = fn(**leaves)
-        outs = out if isinstance(out, tuple) else (out,)
-        gen = torch.Generator().manual_seed(3)
-        grads = torch.autograd.grad(outs, [leaves[n] for n in names],
-                                    [torch.randn(o.shape, generator=gen) for o in outs], allow_unused=True)
-        results.append((outs, dict(zip(names, grads))))
+        results.append(_run(fn, inputs))
     return results
 
 
@@ -248,15 +253,9 @@ def test_public_call_skips_the_python_checks_and_equals_the_checked_path(seed, m
 
     monkeypatch.setattr(pk._checks, "gated_residual", refuse)
     monkeypatch.setattr(pk, "autocast_args", refuse)
-    leaves = {k: v.detach().float().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v
-              for k, v in inputs.items()}
-    torch.manual_seed(7)  # the C++ op draws its seed as philox.draw_seed does
-    out = pk.gated_residual(**leaves)
-    assert "GatedResidualAutograd" in out.grad_fn.name()
-    names = [k for k, v in leaves.items() if isinstance(v, torch.Tensor) and v.requires_grad]
-    gen = torch.Generator().manual_seed(3)
-    grads = torch.autograd.grad(out, [leaves[n] for n in names], torch.randn(out.shape, generator=gen))
-    _assert_same(((out,), dict(zip(names, grads))), checked)
+    fast = _run(pk.gated_residual, inputs)  # the C++ op draws its seed as philox.draw_seed does
+    assert "GatedResidualAutograd" in fast[0][0].grad_fn.name()
+    _assert_same(fast, checked)
 
 
 @needs_cpu
