@@ -292,8 +292,9 @@ def test_dma_same_result_for_one_and_two_threads():
 # --------------------------------------------------------------------------- the raw operators
 
 
-def _canonical_dma(M=12, K=10, N=9, R=4, J=2, gamma=True):
-    inputs = _leaves(dma_inputs(M, K, N, R, J=J, gamma=gamma, row_scale=True), torch.float32, frozen=("",))
+def _canonical_dma(M=12, K=10, N=9, R=4, J=2, gamma=True, row_scale=True):
+    raw = dma_inputs(M, K, N, R, J=J, gamma=gamma, row_scale=row_scale)
+    inputs = _leaves(raw, torch.float32, frozen=("",))
     for v in inputs.values():
         for t in (v if isinstance(v, list) else [v]):
             if isinstance(t, torch.Tensor):
@@ -317,6 +318,30 @@ def test_backward_needs_skip_unrequested_grads():
     for got, want in zip([full[0], full[1], *full[2], *full[3], *full[4]],
                          [expected[0], expected[1], *expected[2], *expected[3], *expected[4]]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("row_scale", [False, True], ids=["static-scales", "static-and-row-scales"])
+@pytest.mark.parametrize("need", range(5), ids=["x", "down", "ups", "scales", "gammas"])
+def test_backward_one_need_alone_equals_all_needs(need, row_scale):
+    """Each gradient comes out the same, bit for bit, whichever other gradients are asked for (the
+    static-scale projections take another route through the backward than the per-row ones)."""
+    a = _canonical_dma(J=3, row_scale=row_scale)
+    ops = torch.ops.petal_C
+    ys, t, bases = ops.dma_linear_forward(a["x"], a["weights"], a["biases"], a["down"], a["ups"], a["scales"],
+                                          a["gammas"])
+    dys = [torch.randn_like(y) for y in ys]
+    args = (dys, a["x"], a["weights"], a["down"], a["ups"], a["scales"], a["gammas"], t, bases)
+    alone = ops.dma_linear_backward(*args, [i == need for i in range(5)])
+    full = ops.dma_linear_backward(*args, [True] * 5)
+    expected = ref.dma_linear_backward(dys, *args[1:], (True,) * 5)
+    for i, (got, all_needs, want) in enumerate(zip(alone, full, expected)):
+        got, all_needs, want = ([v] if i < 2 else v for v in (got, all_needs, want))
+        for g, f, w in zip(got, all_needs, want):
+            if i != need:
+                assert g.numel() == 0
+                continue
+            torch.testing.assert_close(g, f, rtol=0, atol=0)
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
 def test_operator_rejects_bad_shapes_without_crashing():
