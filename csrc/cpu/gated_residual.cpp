@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "../aten/gate.h"
@@ -19,7 +20,22 @@ const scalar_t* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
 }
 
-// Raw views of one call's canonical (M, d) tensors plus the gate's parameters.
+// gate_weight in red_t, one padded segment per d-slice (the storage behind Rows::w_wide).
+template <typename scalar_t>
+std::vector<red_t<scalar_t>> wide_weight(const std::optional<at::Tensor>& gate_weight, int64_t d) {
+  std::vector<red_t<scalar_t>> out;
+  if (!gate_weight.has_value()) return out;
+  const scalar_t* w = gate_weight->data_ptr<scalar_t>();
+  const int64_t dp = padded<scalar_t>(d), segments = gate_weight->numel() / std::max<int64_t>(d, 1);
+  out.assign(segments * dp, red_t<scalar_t>(0));
+  for (int64_t s = 0; s < segments; ++s)
+    for (int64_t i = 0; i < d; ++i) out[s * dp + i] = static_cast<red_t<scalar_t>>(w[s * d + i]);
+  return out;
+}
+
+// Raw views of one call's canonical (M, d) tensors plus the gate's parameters. Trivially copyable on
+// purpose: every parallel body works on its own copy. Vectorized stores may alias anything, so fields
+// read through a shared object are reloaded after each store; a local copy's stay in registers.
 template <typename scalar_t>
 struct Rows {
   using acc = acc_t<scalar_t>;
@@ -33,14 +49,14 @@ struct Rows {
   Dropout drop;        // in-kernel dropout (when there is no caller mask)
   scalar_t keep_value;  // 1 / (1 - p) in scalar_t, as a caller's mask would hold it
   red bias;
-  std::vector<red> w_wide;  // gate_weight in red_t, one padded segment per d-slice
+  const red* w_wide;  // wide_weight(gate_weight, d), or null
   Vec a_s, g_s;
 
   Rows(const at::Tensor& x_, const at::Tensor& h_, const at::Tensor& u_, double adapter_scale,
        double gate_scale, const std::optional<at::Tensor>& gate_logits,
        const std::optional<at::Tensor>& gate_weight, const std::optional<at::Tensor>& gate_bias,
        const std::optional<at::Tensor>& gate_vector, const std::optional<at::Tensor>& dropout_mask,
-       const Dropout& dropout)
+       const Dropout& dropout, const std::vector<red>& w_wide_)
       : M(x_.size(0)),
         d(x_.size(1)),
         dp(padded<scalar_t>(x_.size(1))),
@@ -54,15 +70,9 @@ struct Rows {
         drop(dropout),
         keep_value(static_cast<scalar_t>(dropout.keep)),
         bias(gate_bias.has_value() ? static_cast<red>(gate_bias->data_ptr<scalar_t>()[0]) : red(0)),
+        w_wide(w_wide_.empty() ? nullptr : w_wide_.data()),
         a_s(static_cast<acc>(adapter_scale)),
-        g_s(static_cast<acc>(gate_scale)) {
-    if (weight) {
-      const int64_t segments = gate_weight->numel() / std::max<int64_t>(d, 1);
-      w_wide.assign(segments * dp, red(0));
-      for (int64_t s = 0; s < segments; ++s)
-        for (int64_t i = 0; i < d; ++i) w_wide[s * dp + i] = static_cast<red>(weight[s * d + i]);
-    }
-  }
+        g_s(static_cast<acc>(gate_scale)) {}
 
   // Row m of the dropout mask: the caller's, the Philox stream's (written into a per-thread row), or null.
   const scalar_t* mask_row(int64_t m) const {
@@ -87,7 +97,7 @@ struct Rows {
       const Vec hv = h2(row + i, n);
       const Wide<scalar_t> xw(xv), hw(hv);
       for (int64_t k = 0; k < Wide<scalar_t>::kParts; ++k) {
-        const red* w = w_wide.data() + i + k * RVec::size();
+        const red* w = w_wide + i + k * RVec::size();
         sum = sum + (gate == Gate::middleX
                          ? petal::middle_x_score_term(xw.part[k], hw.part[k], RVec::loadu(w))
                          : petal::small_score_term(xw.part[k], hw.part[k], RVec::loadu(w), RVec::loadu(w + dp)));
@@ -130,16 +140,20 @@ struct Rows {
 
 int64_t row_grain(int64_t d) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)); }
 
+// Each parallel body below starts from its own copies of rows and the output pointers (see Rows).
 template <typename scalar_t>
-void forward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, scalar_t* out, scalar_t* stat) {
+void forward_kernel(const Rows<scalar_t>& rows, Gate gate, int64_t batch, scalar_t* out_, scalar_t* stat_) {
+  static_assert(std::is_trivially_copyable_v<Rows<scalar_t>>);
   using acc = acc_t<scalar_t>;
   using red = red_t<scalar_t>;
   using Vec = AccVec<scalar_t>;
   using io = Io<scalar_t>;
-  const int64_t M = r.M;
+  const int64_t M = rows.M;
   switch (gate) {
     case Gate::large:
-      at::parallel_for(0, M, row_grain(r.d), [&](int64_t m0, int64_t m1) {
+      at::parallel_for(0, M, row_grain(rows.d), [&](int64_t m0, int64_t m1) {
+        const Rows<scalar_t> r = rows;
+        scalar_t* const out = out_;
         for (int64_t m = m0; m < m1; ++m)
           r.write_out(out, m, [&](int64_t off, int64_t, int64_t n) {
             return petal::gate_large(io::load(r.logits + off, n));
@@ -147,7 +161,9 @@ void forward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, scalar_t*
       });
       break;
     case Gate::middleY:
-      at::parallel_for(0, M, row_grain(r.d), [&](int64_t m0, int64_t m1) {
+      at::parallel_for(0, M, row_grain(rows.d), [&](int64_t m0, int64_t m1) {
+        const Rows<scalar_t> r = rows;
+        scalar_t* const out = out_;
         for (int64_t m = m0; m < m1; ++m)
           r.write_out(out, m, [&](int64_t, int64_t i, int64_t n) {
             return petal::gate_middle_y(io::load(r.vector + i, n));
@@ -155,7 +171,9 @@ void forward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, scalar_t*
       });
       break;
     case Gate::middleX:
-      at::parallel_for(0, M, row_grain(r.d), [&](int64_t m0, int64_t m1) {
+      at::parallel_for(0, M, row_grain(rows.d), [&](int64_t m0, int64_t m1) {
+        const Rows<scalar_t> r = rows;
+        scalar_t *const out = out_, *const stat = stat_;
         for (int64_t m = m0; m < m1; ++m) {
           const red score = r.score(gate, m);
           stat[m] = static_cast<scalar_t>(score);
@@ -167,10 +185,11 @@ void forward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, scalar_t*
     case Gate::small: {
       const int64_t T = M / batch;
       std::vector<red> score(M);
-      at::parallel_for(0, M, row_grain(r.d), [&](int64_t m0, int64_t m1) {
+      at::parallel_for(0, M, row_grain(rows.d), [&](int64_t m0, int64_t m1) {
+        const Rows<scalar_t> r = rows;
         for (int64_t m = m0; m < m1; ++m) {
           score[m] = r.score(gate, m);
-          stat[m] = static_cast<scalar_t>(score[m]);
+          stat_[m] = static_cast<scalar_t>(score[m]);
         }
       });
       std::vector<acc> g_ex(batch);
@@ -179,7 +198,9 @@ void forward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, scalar_t*
         for (int64_t m = b * T; m < (b + 1) * T; ++m) sum += petal::sigmoid(score[m]);
         g_ex[b] = static_cast<acc>(sum / static_cast<red>(T));
       }
-      at::parallel_for(0, M, row_grain(r.d), [&](int64_t m0, int64_t m1) {
+      at::parallel_for(0, M, row_grain(rows.d), [&](int64_t m0, int64_t m1) {
+        const Rows<scalar_t> r = rows;
+        scalar_t* const out = out_;
         for (int64_t m = m0; m < m1; ++m) {
           const Vec g(g_ex[m / T]);
           r.write_out(out, m, [&](int64_t, int64_t, int64_t) { return g; });
@@ -223,26 +244,30 @@ struct Partials {
 template <typename scalar_t>
 struct Grads {
   scalar_t *dx, *dh, *du, *d_logits, *d_weight, *d_bias, *d_vector;
+
+  // dh = dh2, du = a_s * dh2.
+  void store_h(int64_t off, const AccVec<scalar_t>& dh2, int64_t n, const AccVec<scalar_t>& a_s) const {
+    Io<scalar_t>::store(dh + off, dh2, n);
+    if (du) Io<scalar_t>::store(du + off, petal::adapter_u_grad(dh2, a_s), n);
+  }
 };
 
+// As in forward_kernel, each parallel body works on its own copies of rows, grads and the pointers.
 template <typename scalar_t>
-void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const scalar_t* dout,
-                     const scalar_t* stat, const Grads<scalar_t>& g) {
+void backward_kernel(const Rows<scalar_t>& rows, Gate gate, int64_t batch, const scalar_t* dout_,
+                     const scalar_t* stat_, const Grads<scalar_t>& grads) {
   using acc = acc_t<scalar_t>;
   using red = red_t<scalar_t>;
   using Vec = AccVec<scalar_t>;
   using RVec = at::vec::Vectorized<red>;
   using io = Io<scalar_t>;
-  const int64_t M = r.M, d = r.d;
-
-  // dh = dh2, du = a_s * dh2.
-  auto store_h_grads = [&](int64_t off, const Vec& dh2, int64_t n) {
-    io::store(g.dh + off, dh2, n);
-    if (g.du) io::store(g.du + off, petal::adapter_u_grad(dh2, r.a_s), n);
-  };
+  const int64_t M = rows.M, d = rows.d;
 
   if (gate == Gate::large) {
     at::parallel_for(0, M, row_grain(d), [&](int64_t m0, int64_t m1) {
+      const Rows<scalar_t> r = rows;
+      const Grads<scalar_t> g = grads;
+      const scalar_t* const dout = dout_;
       // without dropout the chunk's rows are one flat run; with it, row by row (the mask is per row)
       const bool flat = !r.mask && !r.drop.on;
       for (int64_t m = m0; m < (flat ? m0 + 1 : m1); ++m) {
@@ -252,7 +277,7 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
           const Vec hv = r.h2(off, n);
           const Vec G = petal::gate_large(io::load(r.logits + off, n));
           const Vec e = r.upstream(dout, off, n, mk ? mk + i : nullptr);
-          store_h_grads(off, petal::gate_h2_grad(e, G), n);
+          g.store_h(off, petal::gate_h2_grad(e, G), n, r.a_s);
           io::store(g.d_logits + off, petal::large_logit_grad(e, hv, G), n);
           if (g.dx) io::store(g.dx + off, io::load(dout + off, n), n);
         });
@@ -265,25 +290,30 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
   if (gate == Gate::middleY) {
     Partials<scalar_t> dvec(chunks, 1, d);
     for_each_chunk(M, chunks, [&](int64_t c, int64_t m0, int64_t m1) {
-      red* part = dvec.chunk(c);
+      const Rows<scalar_t> r = rows;
+      const Grads<scalar_t> g = grads;
+      const scalar_t* const dout = dout_;
+      red* const part = dvec.chunk(c);
       for (int64_t m = m0; m < m1; ++m) {
         const scalar_t* mk = r.mask_row(m);
         for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
           const int64_t off = m * d + i;
           const Vec e = r.upstream(dout, off, n, mk ? mk + i : nullptr);
-          store_h_grads(off, petal::gate_h2_grad(e, petal::gate_middle_y(io::load(r.vector + i, n))), n);
+          g.store_h(off, petal::gate_h2_grad(e, petal::gate_middle_y(io::load(r.vector + i, n))), n, r.a_s);
           Wide<scalar_t>(petal::gate_score_term(e, r.h2(off, n))).add_to(part + i);
           if (g.dx) io::store(g.dx + off, io::load(dout + off, n), n);
         });
       }
     });
-    dvec.combine(g.d_vector);
+    dvec.combine(grads.d_vector);
     return;
   }
 
   // Row gates: ds[m] = dL/d score[m] and G[m], the row's gate value. A bf16/fp16 stat is too coarse
   // for the sigmoid's slope (one ulp of a score near 10 is 0.06): those rows recompute the score.
-  auto score_of = [&](int64_t m) { return io::kReduced ? r.score(gate, m) : static_cast<red>(stat[m]); };
+  auto score_of = [&](const Rows<scalar_t>& r, int64_t m) {
+    return io::kReduced ? r.score(gate, m) : static_cast<red>(stat_[m]);
+  };
   // middleX: a row's ds needs only that row, so the sweep below finds it while the row is in cache;
   // small: ds needs the whole example's gate, found in a sweep of its own first.
   const bool small = gate == Gate::small;
@@ -292,9 +322,10 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
   if (small) {
     const int64_t T = M / batch;
     at::parallel_for(0, M, row_grain(d), [&](int64_t m0, int64_t m1) {
+      const Rows<scalar_t> r = rows;
       for (int64_t m = m0; m < m1; ++m) {
-        ds[m] = r.gate_grad_sum(dout, m, r.mask_row(m));
-        sg[m] = petal::sigmoid(score_of(m));
+        ds[m] = r.gate_grad_sum(dout_, m, r.mask_row(m));
+        sg[m] = petal::sigmoid(score_of(r, m));
       }
     });
     for (int64_t b = 0; b < batch; ++b) {
@@ -312,11 +343,14 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
     }
   }
 
-  const scalar_t* w_h = small ? r.weight + d : r.weight;
   Partials<scalar_t> dw(chunks, small ? 2 : 1, d), db(chunks, 1, 1);
   for_each_chunk(M, chunks, [&](int64_t c, int64_t m0, int64_t m1) {
-    red* part_x = dw.chunk(c, 0);
-    red* part_h = dw.chunk(c, small ? 1 : 0);
+    const Rows<scalar_t> r = rows;
+    const Grads<scalar_t> g = grads;
+    const scalar_t* const dout = dout_;
+    const scalar_t* const w_h = small ? r.weight + d : r.weight;
+    red* const part_x = dw.chunk(c, 0);
+    red* const part_h = dw.chunk(c, small ? 1 : 0);
     red bias_sum = 0;
     for (int64_t m = m0; m < m1; ++m) {
       const scalar_t* mk = r.mask_row(m);
@@ -326,7 +360,7 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
         ds_m = ds[m];
         G_m = G[m];
       } else {
-        const red sg_m = petal::sigmoid(score_of(m));
+        const red sg_m = petal::sigmoid(score_of(r, m));
         G_m = static_cast<acc>(sg_m);
         ds_m = petal::row_score_grad(r.gate_grad_sum(dout, m, mk), sg_m);
       }
@@ -338,7 +372,7 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
         const Vec xv = io::load(r.x + off, n);
         const Vec hv = r.h2(off, n);
         const Vec e = r.upstream(dout, off, n, mk ? mk + i : nullptr);
-        store_h_grads(off, petal::gate_h2_grad(e, Gv, dsv, io::load(w_h + i, n)), n);
+        g.store_h(off, petal::gate_h2_grad(e, Gv, dsv, io::load(w_h + i, n)), n, r.a_s);
         io::store(g.dx + off, petal::row_gate_x_grad(io::load(dout + off, n), dsv, io::load(r.weight + i, n)), n);
         auto weight_grad = [&](const RVec& v) { return petal::row_weight_grad(ds_wide, v); };
         if (small) {
@@ -351,8 +385,8 @@ void backward_kernel(const Rows<scalar_t>& r, Gate gate, int64_t batch, const sc
     }
     db.chunk(c)[0] = bias_sum;
   });
-  dw.combine(g.d_weight);
-  db.combine(g.d_bias);
+  dw.combine(grads.d_weight);
+  db.combine(grads.d_bias);
 }
 
 void check_rows(const char* name, const at::Tensor& t, const at::Tensor& x) {
@@ -414,8 +448,9 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_forward(
   const bool row_gate = gate == Gate::middleX || gate == Gate::small;
   at::Tensor stat = x.new_empty({row_gate ? x.size(0) : 0});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gated_residual_forward", [&] {
+    const auto w_wide = wide_weight<scalar_t>(gate_weight, x.size(1));
     const Rows<scalar_t> rows(x, h, u, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-                              gate_vector, dropout_mask, dropout);
+                              gate_vector, dropout_mask, dropout, w_wide);
     forward_kernel<scalar_t>(rows, gate, batch, out.data_ptr<scalar_t>(),
                              row_gate ? stat.data_ptr<scalar_t>() : nullptr);
   });
@@ -453,8 +488,9 @@ gated_residual_backward(const at::Tensor& dout, const at::Tensor& x, const at::T
   at::Tensor d_bias = grad_like(gate_bias, row_gate);
   at::Tensor d_vector = grad_like(gate_vector, gate == Gate::middleY);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gated_residual_backward", [&] {
+    const auto w_wide = wide_weight<scalar_t>(gate_weight, x.size(1));
     const Rows<scalar_t> rows(x, h, u, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-                              gate_vector, dropout_mask, dropout);
+                              gate_vector, dropout_mask, dropout, w_wide);
     auto p = [](at::Tensor& t) { return t.numel() ? t.data_ptr<scalar_t>() : nullptr; };
     const Grads<scalar_t> grads{p(dx), p(dh), p(du), p(d_logits), p(d_weight), p(d_bias), p(d_vector)};
     backward_kernel<scalar_t>(rows, gate, batch, dout.data_ptr<scalar_t>(),
