@@ -138,6 +138,9 @@ struct Rows {
   }
 };
 
+// Rows a d_vector partial sums in acc_t before it is added to the chunk's red_t partials.
+constexpr int64_t kBlockRows = 8;
+
 int64_t row_grain(int64_t d) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)); }
 
 // Each parallel body below starts from its own copies of rows and the output pointers (see Rows).
@@ -294,15 +297,23 @@ void backward_kernel(const Rows<scalar_t>& rows, Gate gate, int64_t batch, const
       const Grads<scalar_t> g = grads;
       const scalar_t* const dout = dout_;
       red* const part = dvec.chunk(c);
-      for (int64_t m = m0; m < m1; ++m) {
-        const scalar_t* mk = r.mask_row(m);
-        for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
-          const int64_t off = m * d + i;
-          const Vec e = r.upstream(dout, off, n, mk ? mk + i : nullptr);
-          g.store_h(off, petal::gate_h2_grad(e, petal::gate_middle_y(io::load(r.vector + i, n))), n, r.a_s);
-          Wide<scalar_t>(petal::gate_score_term(e, r.h2(off, n))).add_to(part + i);
-          if (g.dx) io::store(g.dx + off, io::load(dout + off, n), n);
-        });
+      thread_local std::vector<acc> block_sum;
+      block_sum.resize(r.dp);
+      acc* const bs = block_sum.data();
+      for (int64_t b0 = m0; b0 < m1; b0 += kBlockRows) {
+        const int64_t b1 = std::min(m1, b0 + kBlockRows);
+        for (int64_t m = b0; m < b1; ++m) {
+          const scalar_t* mk = r.mask_row(m);
+          for_each_vec<Vec>(d, [&](int64_t i, int64_t n) {
+            const int64_t off = m * d + i;
+            const Vec e = r.upstream(dout, off, n, mk ? mk + i : nullptr);
+            g.store_h(off, petal::gate_h2_grad(e, petal::gate_middle_y(io::load(r.vector + i, n))), n, r.a_s);
+            const Vec term = petal::gate_score_term(e, r.h2(off, n));
+            (m == b0 ? term : Vec::loadu(bs + i) + term).store(bs + i);
+            if (g.dx) io::store(g.dx + off, io::load(dout + off, n), n);
+          });
+        }
+        for_each_vec<Vec>(d, [&](int64_t i, int64_t) { Wide<scalar_t>(Vec::loadu(bs + i)).add_to(part + i); });
       }
     });
     dvec.combine(grads.d_vector);
