@@ -76,11 +76,14 @@ void gamma_epilogue(const at::Tensor& base, const at::Tensor& gamma, const std::
   using Vec = AccVec<scalar_t>;
   using io = Io<scalar_t>;
   const int64_t M = y.size(0), N = y.size(1);
-  const scalar_t* bp = base.data_ptr<scalar_t>();
-  const scalar_t* gp = gamma.data_ptr<scalar_t>();
-  const scalar_t* biasp = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
-  scalar_t* yp = y.data_ptr<scalar_t>();
+  const scalar_t* bp_ = base.data_ptr<scalar_t>();
+  const scalar_t* gp_ = gamma.data_ptr<scalar_t>();
+  const scalar_t* biasp_ = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
+  scalar_t* yp_ = y.data_ptr<scalar_t>();
   at::parallel_for(0, M, row_grain(N), [&](int64_t m0, int64_t m1) {
+    // local copies: captured ones are reloaded after every (may-alias) vector store
+    const scalar_t *const bp = bp_, *const gp = gp_, *const biasp = biasp_;
+    scalar_t* const yp = yp_;
     for (int64_t m = m0; m < m1; ++m)
       for_each_vec<Vec>(N, [&](int64_t i, int64_t n) {
         const int64_t off = m * N + i;
@@ -157,11 +160,12 @@ void gamma_grad(const at::Tensor& dy, const at::Tensor& base, at::Tensor& d_gamm
   using Vec = AccVec<scalar_t>;
   using io = Io<scalar_t>;
   const int64_t M = dy.size(0), N = dy.size(1), Np = padded<scalar_t>(N);
-  const scalar_t *dyp = dy.data_ptr<scalar_t>(), *bp = base.data_ptr<scalar_t>();
+  const scalar_t *dyp_ = dy.data_ptr<scalar_t>(), *bp_ = base.data_ptr<scalar_t>();
   const int64_t chunks = num_chunks(M);
   std::vector<red> partial(chunks * Np, red(0));
   for_each_chunk(M, chunks, [&](int64_t c, int64_t m0, int64_t m1) {
-    red* part = partial.data() + c * Np;
+    const scalar_t *const dyp = dyp_, *const bp = bp_;  // local copies, as in gamma_epilogue
+    red* const part = partial.data() + c * Np;
     for (int64_t m = m0; m < m1; ++m)
       for_each_vec<Vec>(N, [&](int64_t i, int64_t n) {
         const Vec term = petal::dma_gamma_grad(io::load(dyp + m * N + i, n), io::load(bp + m * N + i, n));
