@@ -291,25 +291,32 @@ dma_linear_backward(at::TensorList dys, const at::Tensor& x, at::TensorList weig
   bool dt_written = false;
   for (size_t j = 0; j < J; ++j) {
     const bool per_row = scales[j].dim() == 2;
+    const auto gamma = get(gammas, j);
+    d_gammas.push_back(need_gamma && gamma ? column_dot(dys[j], *get(bases, j)) : none());
+    if (!per_row) {
+      at::Tensor d_up, d_scale;
+      static_scale_grads(dys[j], ups[j], scales[j], t, dt, dt_written, need_up, need_scale, d_up, d_scale);
+      dt_written = need_dt;
+      d_ups.push_back(need_up ? d_up : none());
+      d_scales.push_back(need_scale ? d_scale : none());
+      continue;
+    }
     const void* s = scales[j].data_ptr();
     at::Tensor z = need_up ? at::empty_like(t) : at::Tensor();
-    at::Tensor d_scale = need_scale && per_row ? at::empty_like(scales[j]) : none();
+    at::Tensor d_scale = need_scale ? at::empty_like(scales[j]) : none();
     if (need_dt || need_scale) {
       const at::Tensor dz = at::mm(dys[j], ups[j]);
       check_launch(pc::dma_scale_backward(dtype, M, R, dz.data_ptr(), t.data_ptr(), s, per_row,
                                           need_dt ? dt.data_ptr() : nullptr, dt_written, ptr_or_null(z),
-                                          need_scale && per_row ? d_scale.data_ptr() : nullptr, stream()),
+                                          need_scale ? d_scale.data_ptr() : nullptr, stream()),
                    "dma_scale_backward");
       dt_written = need_dt;
-      if (need_scale && !per_row) d_scale = column_dot(dz, t);
     } else if (need_up) {
       check_launch(pc::dma_scale_forward(dtype, M, R, t.data_ptr(), s, per_row, z.data_ptr(), stream()),
                    "dma_scale_forward");
     }
     d_ups.push_back(need_up ? at::mm(dys[j].t(), z) : none());
     d_scales.push_back(d_scale);
-    const auto gamma = get(gammas, j);
-    d_gammas.push_back(need_gamma && gamma ? column_dot(dys[j], *get(bases, j)) : none());
   }
   at::Tensor d_down = need_down ? at::mm(dt.t(), x) : none();
   at::Tensor dx = need_x ? accumulate_dx(dt, down, dys, weights, gammas) : none();
