@@ -3,6 +3,11 @@ the same mask on every backend, the statistics of the mask, what autograd saves,
 
 from __future__ import annotations
 
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 import triton
@@ -14,6 +19,8 @@ from petal_kernels import philox
 from petal_kernels import reference as ref
 from tests.helpers import CPU_BACKENDS, compare, rel_err
 from tests.test_gated_residual import grad_names, make_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_philox_known_answer():
@@ -209,3 +216,48 @@ def test_mask_and_p_are_exclusive():
     inputs = make_inputs("large", (2, 3, 8), mask=True)
     with pytest.raises(ValueError, match="either dropout_mask .* or dropout_p"):
         pk.gated_residual(**inputs, dropout_p=0.1)
+
+
+FILL_PROGRAM = r"""
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include "philox_fill.h"
+int main(int argc, char** argv) {
+  const petal_C::cpu::Dropout drop(std::atof(argv[1]), std::strtoll(argv[2], nullptr, 10));
+  const long long first = std::atoll(argv[3]), n = std::atoll(argv[4]);
+  std::vector<float> out(n);
+  drop.fill(first, n, 1.0f, out.data());
+  for (float v : out) std::putchar(v != 0.0f ? '1' : '0');
+}
+"""
+
+
+def _host_supports_avx2() -> bool:
+    try:
+        return " avx2" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(shutil.which("g++") is None or platform.machine() not in ("x86_64", "AMD64"),
+                    reason="needs g++ on x86-64")
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_cpu_fill_equals_reference_stream(tmp_path, isa):
+    """csrc/cpu/philox_fill.h's two implementations (AVX2 intrinsics, and the portable vector one other
+    CPUs build) against the reference stream, over runs that start and end mid-counter."""
+    if isa == "avx2" and not _host_supports_avx2():
+        pytest.skip("this CPU has no AVX2")
+    src, exe = tmp_path / "fill.cpp", tmp_path / "fill"
+    src.write_text(FILL_PROGRAM)
+    flags = ["-mavx2"] if isa == "avx2" else ["-mno-avx2"]
+    includes = [f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc' / 'cpu'}"]
+    build = subprocess.run(["g++", "-std=c++17", "-O2", *flags, *includes, str(src), "-o", str(exe)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    for seed, p, first, n in [(0, 0.5, 0, 1000), (2**63 + 12345, 0.1, 3, 517), (-7, 0.3, 4097, 130)]:
+        signed_seed = seed - 2**64 if seed >= 2**63 else seed
+        got = subprocess.run([str(exe), str(p), str(signed_seed), str(first), str(n)],
+                             capture_output=True, text=True, check=True).stdout
+        bits = philox.dropout_bits(seed, first + n)[first:]
+        assert got == "".join("1" if b >= philox.threshold(p) else "0" for b in bits.tolist())
