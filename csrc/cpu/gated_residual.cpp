@@ -138,7 +138,8 @@ struct Rows {
   }
 };
 
-// Rows a d_vector partial sums in acc_t before it is added to the chunk's red_t partials.
+// middleY backward: rows whose d_vector terms are summed in acc_t before the sum is widened into the
+// chunk's red_t partials (one widening per block instead of per row).
 constexpr int64_t kBlockRows = 8;
 
 int64_t row_grain(int64_t d) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)); }
