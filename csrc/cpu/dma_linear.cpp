@@ -94,17 +94,17 @@ void gamma_epilogue(const at::Tensor& base, const at::Tensor& gamma, const std::
   });
 }
 
-// The R-wide backward pass over all J projections at once:
-//   dt (+)= Σ_j dz_j * scale_j;  d_scale_j = dz_j * t (row-summed for a static scale);  z_j = t * scale_j.
-// Outputs that are undefined are skipped; dt is added to when dt_written.
+// The R-wide backward pass over the projections with a per-row (M, R) scale, all at once:
+//   dt (+)= Σ_j dz_j * scale_j;  d_scale_j = dz_j * t;  z_j = t * scale_j.
+// Outputs that are undefined are skipped; dt is added to when dt_written. Projections with a static
+// scale go through static_scale_grads and come here with neither dz_j nor z_j.
 template <typename scalar_t>
 void r_wide_backward(const at::Tensor& t, const std::vector<at::Tensor>& dzs, at::TensorList scales,
                      at::Tensor& dt, bool dt_written, std::vector<at::Tensor>& d_scales, std::vector<at::Tensor>& zs) {
   using acc = acc_t<scalar_t>;
-  using red = red_t<scalar_t>;
   using Vec = AccVec<scalar_t>;
   using io = Io<scalar_t>;
-  const int64_t M = t.size(0), R = t.size(1), J = static_cast<int64_t>(dzs.size()), Rp = padded<scalar_t>(R);
+  const int64_t M = t.size(0), R = t.size(1), J = static_cast<int64_t>(dzs.size());
   const scalar_t* tp = t.data_ptr<scalar_t>();
   const auto sv = scale_views<scalar_t>(scales, R);
   auto ptr = [](at::Tensor& x) { return x.defined() ? x.data_ptr<scalar_t>() : nullptr; };
@@ -116,10 +116,7 @@ void r_wide_backward(const at::Tensor& t, const std::vector<at::Tensor>& dzs, at
     zp.push_back(ptr(zs[j]));
   }
   scalar_t* dtp = ptr(dt);
-  const int64_t chunks = num_chunks(M);
-  std::vector<red> partial(chunks * J * Rp, red(0));  // static-scale d_scale partials per chunk
-  for_each_chunk(M, chunks, [&](int64_t c, int64_t m0, int64_t m1) {
-    red* part = partial.data() + c * J * Rp;
+  at::parallel_for(0, M, row_grain(R * J), [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
       for_each_vec<Vec>(R, [&](int64_t i, int64_t n) {
         const int64_t off = m * R + i;
@@ -132,25 +129,11 @@ void r_wide_backward(const at::Tensor& t, const std::vector<at::Tensor>& dzs, at
           if (!dzp[j]) continue;
           const Vec dz = io::load(dzp[j] + off, n);
           if (dtp) dt_v = petal::dma_dt_accumulate(dt_v, dz, s);
-          if (!dsp[j]) continue;
-          const Vec ds = petal::dma_scale_grad(dz, tv);
-          if (sv[j].stride) {
-            io::store(dsp[j] + off, ds, n);
-          } else {
-            Wide<scalar_t>(ds).add_to(part + j * Rp + i);
-          }
+          if (dsp[j]) io::store(dsp[j] + off, petal::dma_scale_grad(dz, tv), n);
         }
         if (dtp) io::store(dtp + off, dt_v, n);
       });
   });
-  for (int64_t j = 0; j < J; ++j) {
-    if (!dsp[j] || !dzp[j] || sv[j].stride) continue;  // a d_scale without dz was written elsewhere
-    for (int64_t r = 0; r < R; ++r) {
-      red sum = 0;
-      for (int64_t c = 0; c < chunks; ++c) sum += partial[(c * J + j) * Rp + r];
-      dsp[j][r] = static_cast<scalar_t>(sum);
-    }
-  }
 }
 
 // d_gamma = Σ_rows dy * base, per-chunk partials combined in chunk order.
@@ -330,8 +313,11 @@ dma_linear_backward(at::TensorList dys, const at::Tensor& x, at::TensorList weig
     });
 
   for (size_t j = 0; j < J; ++j) {
-    if (zs[j].defined()) d_ups[j] = at::mm(dys[j].t(), zs[j]);
-    if (!need_up) d_ups[j] = none();
+    if (!need_up) {
+      d_ups[j] = none();
+    } else if (zs[j].defined()) {  // per-row scale; a static one's d_up came from static_scale_grads
+      d_ups[j] = at::mm(dys[j].t(), zs[j]);
+    }
     const auto gamma = get(gammas, j);
     if (need_gamma && gamma.has_value()) {
       d_gammas[j] = at::empty_like(*gamma);
