@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import compat
 from .config import PetalConfig
 from .layers.base import AdapterWrapper
 from .models.qformer import COMPOSITE_CLASSES, QFORMER_CLASSES, patch_composite, patch_qformer
@@ -89,6 +90,8 @@ def patch(model: nn.Module, config: Optional[PetalConfig] = None) -> nn.Module:
     """Insert the adapters of ``config`` (default: the paper's PETAL) into ``model`` in place.
 
     Afterwards only adapter parameters require grad; frozen weights keep their storage. Returns ``model``.
+    The installed ``transformers`` must be in the supported range and have what the patched modules
+    use (:mod:`petal.compat`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -102,6 +105,7 @@ def patch(model: nn.Module, config: Optional[PetalConfig] = None) -> nn.Module:
                          "before patching it again")
     family = _family(model)
     _check_method(config, family, model)
+    compat.check_version()
 
     state = PatchState(config=config, family=family,
                        requires_grad={n: p.requires_grad for n, p in model.named_parameters()})
@@ -171,6 +175,7 @@ def _apply(model: nn.Module, cfg: PetalConfig, family: str, state: PatchState) -
     if cfg.vl_pet is not None and (cfg.method == "vl-pet" or family != "qformer"):
         from .models.t5 import patch_t5
 
+        compat.check_t5(model)
         patch_t5(model, cfg.vl_pet)
 
 

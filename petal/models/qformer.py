@@ -3,12 +3,16 @@
 * DMA: every ``layer.attention.attention`` (self) and ``layer.crossattention.attention`` (cross)
   multi-head attention is wrapped by :class:`~petal.layers.dma.DMAAttention`; the shared factors live
   once at ``<qformer>.petal_dma``. A forward pre-hook on each Q-Former layer copies the layer's own
-  ``query_length`` argument into a keyword the DMA wrappers read, so callers pass nothing extra.
+  ``query_length`` argument (bound by name from the layer's signature) into a keyword the DMA wrappers
+  read, so callers pass nothing extra.
 * AIM: the Q-Former's input-embedding module (InstructBLIP ``embeddings``, BLIP-2 ``layernorm``) is
   wrapped by :class:`~petal.layers.aim.AIMEmbeddings`.
 * Multi-instruction AIM (InstructBLIP): ``qformer_input_ids`` / ``input_ids`` of shape
   ``(batch, num_instructions, seq_len)`` (mask likewise) run every instruction through the Q-Former and
   merge the outputs with ``<qformer>.petal_instruction_merge`` (softmax-learned or uniform weights).
+* Fast paths: :mod:`petal.models.qformer_fast`.
+
+What the model layer reads of ``transformers`` is checked first (:func:`petal.compat.check_qformer`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Optional
 
 from torch import nn
 
+from ..compat import bound_argument, check_qformer
 from ..config import PetalConfig
 from ..layers.aim import AIMEmbeddings, InstructionMerge, expand_instructions
 from ..layers.dma import QUERY_LENGTH_KWARG, DMAAttention, DMAShared, QueryTransform
@@ -46,8 +51,7 @@ def _encoder_width(qformer: nn.Module) -> Optional[int]:
 
 
 def _query_length_hook(module, args, kwargs):
-    ql = kwargs.get("query_length", args[4] if len(args) > 4 else 0)
-    kwargs[QUERY_LENGTH_KWARG] = ql
+    kwargs[QUERY_LENGTH_KWARG] = bound_argument(module, args, kwargs, "query_length")
     return args, kwargs
 
 
@@ -59,6 +63,7 @@ def _wrap(parent: nn.Module, name: str, wrapper_factory) -> nn.Module:
 
 def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> None:
     """Insert DMA / AIM into ``qformer`` in place; record hooks and added modules in ``state``."""
+    check_qformer(qformer)
     dma, aim = cfg.dma, cfg.aim
     hidden = qformer.config.hidden_size
     dot = f"{prefix}." if prefix else ""
