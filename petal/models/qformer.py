@@ -10,7 +10,7 @@
 * Multi-instruction AIM (InstructBLIP): ``qformer_input_ids`` / ``input_ids`` of shape
   ``(batch, num_instructions, seq_len)`` (mask likewise) run every instruction through the Q-Former and
   merge the outputs with ``<qformer>.petal_instruction_merge`` (softmax-learned or uniform weights).
-* Fast paths: :mod:`petal.models.qformer_fast`.
+* Fast paths (``PetalConfig.fast_paths``): :mod:`petal.models.qformer_fast`.
 
 What the model layer reads of ``transformers`` is checked first (:func:`petal.compat.check_qformer`).
 """
@@ -80,7 +80,7 @@ def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> N
                 blocks.append((layer.crossattention, "cross"))
             for block, kind in blocks:
                 _wrap(block, "attention", lambda base, kind=kind: DMAAttention(
-                    base, shared, kind, dma.projections, dma.gamma, dma.dropout))
+                    base, shared, kind, dma.projections, dma.gamma, dma.dropout, cfg.fast_paths))
             state.handles.append(layer.register_forward_pre_hook(_query_length_hook, with_kwargs=True))
             if dma.query_transform:
                 wrapper = _wrap(qformer.encoder.layer, str(i), lambda base: QueryTransform(
@@ -96,7 +96,7 @@ def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> N
             state.added.append(f"{dot}petal_instruction_merge")
             state.handles.append(qformer.register_forward_pre_hook(_multi_pre_hook, with_kwargs=True))
             state.handles.append(qformer.register_forward_hook(_multi_post_hook))
-    state.handles.extend(install_fast_paths(qformer))
+    state.handles.extend(install_fast_paths(qformer, cfg.fast_paths))
 
 
 # ---------------------------------------------------------------------- multi-instruction
