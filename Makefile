@@ -8,8 +8,18 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= test,train,triton
 STAMP := $(VENV)/.petal-installed
 SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
+# `make test-compat`: the model-layer tests again in a second venv holding the lowest transformers that
+# pyproject.toml declares (`make test` runs the newest); it reuses the extension `make setup` built.
+COMPAT_VENV ?= .venv-compat
+COMPAT_PY := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP := $(COMPAT_VENV)/.petal-installed
+TRANSFORMERS_LOWEST := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+COMPAT_TESTS := tests/test_compat.py tests/test_patch_qformer.py tests/test_qformer_fast.py \
+	tests/test_dma_layer.py tests/test_aim.py tests/test_patch_t5.py tests/test_gated_adapter.py \
+	tests/test_param_counts.py tests/test_adapter_io.py tests/test_config.py tests/test_losses.py \
+	tests/test_convergence.py
 
-.PHONY: setup demo test lint bench report clean
+.PHONY: setup demo test test-compat lint bench report clean
 
 setup: $(STAMP)
 
@@ -26,6 +36,19 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+$(COMPAT_STAMP): pyproject.toml
+	test -n "$(TRANSFORMERS_LOWEST)" || { echo "no transformers>=X, floor in pyproject.toml"; exit 1; }
+	test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PY) -m pip install -q --upgrade pip
+	$(COMPAT_PY) -m pip install -q "$(TORCH)" setuptools wheel numpy
+	PETAL_SKIP_EXT=1 $(COMPAT_PY) -m pip install -q --no-build-isolation -e ".[models]" pytest \
+		"transformers==$(TRANSFORMERS_LOWEST)"
+	touch $(COMPAT_STAMP)
+
+test-compat: setup $(COMPAT_STAMP)
+	$(COMPAT_PY) -c "import transformers; print('transformers', transformers.__version__)"
+	$(COMPAT_PY) -m pytest -q $(COMPAT_TESTS)
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
@@ -34,4 +57,4 @@ bench: setup
 	$(PY) bench/report.py .benchmarks/latest.json
 
 clean:
-	rm -rf build *.egg-info petal_kernels/*.so $(VENV)
+	rm -rf build *.egg-info petal_kernels/*.so $(VENV) $(COMPAT_VENV)

@@ -23,6 +23,7 @@ PROJECTIONS = ("query", "key", "value")
 ATTENTIONS = ("self", "cross")
 GATES = ("uniform", "softmax")
 ESTIMATORS = ("infonce", "club", "mine")
+EXECUTION_FIELDS = ("fast_paths",)  # how the patched model computes, not what its adapter holds
 
 
 def _int(owner: str, name: str, value, low: int = 1) -> None:
@@ -47,6 +48,12 @@ def _bool(owner: str, name: str, value) -> None:
 def _choice(owner: str, name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+
+
+def check_fast_paths(name: str, value) -> None:
+    """``value`` is a ``fast_paths`` option: ``"auto"``, ``True`` or ``False``."""
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ValueError(f"{name} must be 'auto', True or False, got {value!r}")
 
 
 def _subset(owner: str, name: str, value, choices) -> tuple:
@@ -207,7 +214,14 @@ _SECTIONS = {"dma": DMAConfig, "aim": AIMConfig, "sib": SIBConfig, "lora": LoraS
 
 @dataclass
 class PetalConfig:
-    """Everything ``petal.patch`` needs. ``None`` for ``petal.patch`` means ``PetalConfig()``: the paper."""
+    """Everything ``petal.patch`` needs. ``None`` for ``petal.patch`` means ``PetalConfig()``: the paper.
+
+    ``fast_paths`` says where the CPU fast paths replace parts of the frozen Q-Former (attention core,
+    residual + LayerNorm blocks, dropout masks; see :mod:`petal.models.qformer_fast`): ``"auto"`` on CPU
+    tensors only (decided per call from the input's device), ``True`` on every device, ``False`` never
+    (``transformers``' own code everywhere). It changes how the model computes, not what the adapter
+    holds, so :meth:`differences` (and ``load_adapter``) ignore it.
+    """
 
     method: str = "petal"
     dma: DMAConfig = field(default_factory=DMAConfig)
@@ -215,12 +229,14 @@ class PetalConfig:
     sib: SIBConfig = field(default_factory=SIBConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     vl_pet: Optional[VLPetConfig] = None
+    fast_paths: Union[str, bool] = "auto"
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         _choice("PetalConfig", "method", self.method, METHODS)
+        check_fast_paths("PetalConfig.fast_paths", self.fast_paths)
         for name, cls in _SECTIONS.items():
             value = getattr(self, name)
             if not isinstance(value, cls):
@@ -243,6 +259,7 @@ class PetalConfig:
         for name in _SECTIONS:
             out[name] = getattr(self, name).to_dict()
         out["vl_pet"] = None if self.vl_pet is None else self.vl_pet.to_dict()
+        out["fast_paths"] = self.fast_paths
         return out
 
     @classmethod
@@ -287,8 +304,13 @@ class PetalConfig:
         return preset(name)
 
     def differences(self, other: PetalConfig, prefix: str = "") -> list[str]:
-        """Human-readable ``key: mine != theirs`` lines, for error messages."""
-        return _diff(self.to_dict(), other.to_dict(), prefix)
+        """Human-readable ``key: mine != theirs`` lines, for error messages; the execution options
+        (``EXECUTION_FIELDS``) are not compared."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        for name in EXECUTION_FIELDS:
+            mine.pop(name)
+            theirs.pop(name)
+        return _diff(mine, theirs, prefix)
 
 
 def _diff(a, b, prefix: str) -> list[str]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
-from .config import PetalConfig
+from . import compat
+from .config import PetalConfig, check_fast_paths
 from .layers.base import AdapterWrapper
 from .models.qformer import COMPOSITE_CLASSES, QFORMER_CLASSES, patch_composite, patch_qformer
 
@@ -85,10 +87,14 @@ def _check_method(cfg: PetalConfig, family: str, model: nn.Module) -> None:
         raise ValueError(f"VL-PET needs a T5 language model, but this {name} has a {lm!r} one")
 
 
-def patch(model: nn.Module, config: Optional[PetalConfig] = None) -> nn.Module:
+def patch(model: nn.Module, config: Optional[PetalConfig] = None, *,
+          fast_paths: Union[str, bool, None] = None) -> nn.Module:
     """Insert the adapters of ``config`` (default: the paper's PETAL) into ``model`` in place.
 
     Afterwards only adapter parameters require grad; frozen weights keep their storage. Returns ``model``.
+    ``fast_paths`` (``"auto"``, ``True`` or ``False``) overrides ``config.fast_paths``: where the CPU fast
+    paths replace parts of the frozen Q-Former (see ``PetalConfig``). The installed ``transformers`` must
+    be in the supported range and have what the patched modules use (:mod:`petal.compat`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -96,12 +102,16 @@ def patch(model: nn.Module, config: Optional[PetalConfig] = None) -> nn.Module:
         config = PetalConfig()
     if not isinstance(config, PetalConfig):
         raise TypeError(f"config must be a petal.PetalConfig or None, got {type(config).__name__}")
+    if fast_paths is not None:
+        check_fast_paths("fast_paths", fast_paths)
+        config = dataclasses.replace(config, fast_paths=fast_paths)
     config.validate()
     if is_patched(model):
         raise ValueError(f"this {type(model).__name__} is already patched; call petal.unpatch(model) "
                          "before patching it again")
     family = _family(model)
     _check_method(config, family, model)
+    compat.check_version()
 
     state = PatchState(config=config, family=family,
                        requires_grad={n: p.requires_grad for n, p in model.named_parameters()})
@@ -171,6 +181,7 @@ def _apply(model: nn.Module, cfg: PetalConfig, family: str, state: PatchState) -
     if cfg.vl_pet is not None and (cfg.method == "vl-pet" or family != "qformer"):
         from .models.t5 import patch_t5
 
+        compat.check_t5(model)
         patch_t5(model, cfg.vl_pet)
 
 

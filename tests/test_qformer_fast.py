@@ -1,22 +1,23 @@
 """The fast frozen-module paths ``petal.patch`` installs on a Q-Former keep the model's math: eval
 outputs and gradients equal the ``transformers`` path, and training applies dropout at the same
-places with the same rates."""
+places with the same rates. They run where ``PetalConfig.fast_paths`` says: with ``"auto"`` on CPU
+tensors only, so a CUDA model runs ``transformers``' attention function and ``nn.Dropout``."""
 
 from __future__ import annotations
 
-import copy
 import pickle
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers.models.instructblip import modeling_instructblip as hf
 
 import petal
-from petal.layers import attention_core, fast_dropout
+from petal.layers import attention_core, dma, fast_dropout, fast_paths
 from petal.layers.aim import AIMEmbeddings
 from petal.layers.dma import DMAAttention
 from petal.models import qformer_fast
-from petal.models.qformer_fast import MethodOverride, disable_fast_paths
+from petal.models.qformer_fast import MethodOverride
 
 from .petal_models import qformer_inputs, tiny_qformer
 
@@ -134,7 +135,7 @@ def test_residual_norm_equals_the_module_in_eval_with_gradients():
     h = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
     inp = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
     ref = module(h, inp)
-    out = qformer_fast.residual_norm_forward(module, h, inp)
+    out = qformer_fast.residual_norm_forward(module, "auto", h, inp)
     torch.testing.assert_close(out, ref)
     cot = torch.randn_like(out)
     grads = [torch.autograd.grad(o, (h, inp), cot) for o in (out, ref)]
@@ -147,7 +148,7 @@ def test_residual_norm_drops_the_dense_output_before_the_add(monkeypatch):
     fixed = (torch.rand(2, 3, 8, generator=torch.Generator().manual_seed(5)) > 0.2).double()
     calls = []
     monkeypatch.setattr(qformer_fast, "keep_mask", lambda like, p: (calls.append(p), fixed)[1])
-    out = qformer_fast.residual_norm_forward(module, h, inp)
+    out = qformer_fast.residual_norm_forward(module, "auto", h, inp)
     ref = module.LayerNorm(module.dense(h) * fixed / 0.8 + inp)
     torch.testing.assert_close(out, ref)
     assert calls == [0.2]
@@ -178,8 +179,7 @@ def test_aim_batched_experts_equal_the_per_expert_sum_with_gradients():
 
 def _patched_pair(**config):
     fast = petal.patch(tiny_qformer(**config), petal.PetalConfig.from_preset("petal"))
-    slow = copy.deepcopy(fast)
-    disable_fast_paths(slow)
+    slow = petal.patch(tiny_qformer(**config), petal.PetalConfig.from_preset("petal"), fast_paths=False)
     torch.manual_seed(4)
     with torch.no_grad():  # non-trivial adapters, the same in both
         for (_, a), (_, b) in zip(fast.named_parameters(), slow.named_parameters()):
@@ -229,21 +229,132 @@ def test_patched_qformer_drops_out_at_the_transformers_places(monkeypatch):
 
 
 def test_fast_paths_are_on_by_default_and_unpatch_removes_them():
-    model = petal.patch(tiny_qformer(), petal.PetalConfig.from_preset("petal"))
+    model = tiny_qformer()
+    before = [dict(m.__dict__) for m in model.modules()]
+    petal.patch(model, petal.PetalConfig.from_preset("petal"))
     layer = model.encoder.layer[0]
+    assert model._petal_state.config.fast_paths == "auto"
     assert "forward" in layer.attention.output.__dict__ and "feed_forward_chunk" in layer.__dict__
-    assert all(m.fast_attention for m in model.modules() if isinstance(m, DMAAttention))
+    assert all(m.fast_paths == "auto" for m in model.modules() if isinstance(m, DMAAttention))
     assert sum(isinstance(h, MethodOverride) for h in model._petal_state.handles) == 2 * 4 + 2 * 2 - 1
     clone = pickle.loads(pickle.dumps(model))  # the overrides pickle
     inputs = qformer_inputs()
     torch.testing.assert_close(clone(**inputs).last_hidden_state, model(**inputs).last_hidden_state)
     petal.unpatch(model)
     assert not any(k in m.__dict__ for m in model.modules() for k in ("forward", "feed_forward_chunk"))
+    after = [dict(m.__dict__) for m in model.modules()]
+    assert [d.keys() for d in after] == [d.keys() for d in before]
 
 
-def test_disable_fast_paths_needs_a_patched_model():
-    with pytest.raises(ValueError, match="not patched"):
-        disable_fast_paths(tiny_qformer())
+@pytest.mark.parametrize("how", ["config", "argument"])
+def test_fast_paths_false_installs_nothing(how):
+    config = petal.PetalConfig.from_preset("petal")
+    if how == "config":
+        config.fast_paths = False
+        model = petal.patch(tiny_qformer(), config)
+    else:
+        model = petal.patch(tiny_qformer(), config, fast_paths=False)
+        assert config.fast_paths == "auto"  # the caller's config is left as it was
+    assert model._petal_state.config.fast_paths is False
+    assert not any(isinstance(h, MethodOverride) for h in model._petal_state.handles)
+    assert all(m.fast_paths is False for m in model.modules() if isinstance(m, DMAAttention))
+
+
+@pytest.mark.parametrize("bad", ["on", 1, None, "AUTO"])
+def test_fast_paths_rejects_other_values(bad):
+    with pytest.raises(ValueError, match="fast_paths must be 'auto', True or False"):
+        petal.PetalConfig(fast_paths=bad)
+    if bad is not None:  # None means "the config's" for patch
+        with pytest.raises(ValueError, match="^fast_paths must be"):
+            petal.patch(tiny_qformer(), fast_paths=bad)
+
+
+@pytest.mark.parametrize("value", ["auto", True, False])
+def test_fast_paths_json_round_trip_and_adapter_loading_ignore_it(value, tmp_path):
+    config = petal.PetalConfig(fast_paths=value)
+    again = petal.PetalConfig.from_json(config.to_json())
+    assert again.fast_paths is value if isinstance(value, bool) else again.fast_paths == value
+    assert "fast_paths" not in petal.PetalConfig.from_dict({"method": "petal"}).differences(again)
+    model = petal.patch(tiny_qformer(), petal.PetalConfig.from_preset("petal"), fast_paths=value)
+    petal.save_adapter(model, tmp_path)
+    other = petal.patch(tiny_qformer(), petal.PetalConfig.from_preset("petal"), fast_paths=not value)
+    petal.load_adapter(other, tmp_path)  # an adapter trained with fast paths loads without them
+
+
+def test_fast_paths_decide_per_device():
+    cpu, cuda, meta = (SimpleNamespace(device=torch.device(d)) for d in ("cpu", "cuda:0", "meta"))
+    assert fast_paths.enabled("auto", cpu) and not fast_paths.enabled("auto", cuda)
+    assert not fast_paths.enabled("auto", meta)
+    assert all(fast_paths.enabled(True, x) for x in (cpu, cuda, meta))
+    assert not any(fast_paths.enabled(False, x) for x in (cpu, cuda, meta))
+
+
+def _record_frozen_paths(monkeypatch) -> list:
+    """Record, in order, each call of transformers' dropout / SDPA and of the fast paths' functions."""
+    calls = []
+    functional = torch.nn.functional
+
+    def spy(name, real):
+        return lambda *a, **k: (calls.append(name), real(*a, **k))[1]
+
+    monkeypatch.setattr(functional, "dropout", spy("F.dropout", functional.dropout))
+    monkeypatch.setattr(functional, "scaled_dot_product_attention",
+                        spy("sdpa", functional.scaled_dot_product_attention))
+    monkeypatch.setattr(dma, "attention", spy("fast attention", attention_core.attention))
+    monkeypatch.setattr(qformer_fast.torch, "addcmul", spy("fast residual", torch.addcmul))
+    for module in (attention_core, qformer_fast):
+        monkeypatch.setattr(module, "keep_mask", spy("keep_mask", fast_dropout.keep_mask))
+    return calls
+
+
+def _as_if_on(monkeypatch, device: str) -> None:
+    """The fast paths' one device read (``fast_paths.enabled``) sees ``device``; the tensors stay here."""
+    real, stand_in = fast_paths.enabled, SimpleNamespace(device=torch.device(device))
+    monkeypatch.setattr(fast_paths, "enabled", lambda mode, x: real(mode, stand_in))
+
+
+@pytest.mark.parametrize("mode", ["auto", False])
+def test_on_cuda_the_patched_qformer_runs_transformers_attention_and_dropout(monkeypatch, mode):
+    dropouts = dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2)
+    base = tiny_qformer(**dropouts).train()
+    model = petal.patch(tiny_qformer(**dropouts), petal.PetalConfig.from_preset("petal"), fast_paths=mode)
+    model.train()
+    assert model.config._attn_implementation == "sdpa"
+    calls = _record_frozen_paths(monkeypatch)
+    _as_if_on(monkeypatch, "cuda:0")  # patched on the CPU, then run as a CUDA model
+    inputs = qformer_inputs()
+    outs = []
+    for m in (base, model):
+        torch.manual_seed(7)
+        outs.append(m(**inputs).last_hidden_state)
+        outs[-1].square().sum().backward()
+    expected = calls[:len(calls) // 2]
+    assert calls == expected * 2  # the same transformers calls in the same order as the unpatched model
+    assert expected.count("sdpa") == 3 and expected.count("F.dropout") == 8
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)  # same dropout masks: same seed
+
+
+@pytest.mark.parametrize(("mode", "device"), [("auto", "cpu"), (True, "cuda:0")])
+def test_where_the_fast_paths_run_they_replace_attention_and_dropout(monkeypatch, mode, device):
+    model = petal.patch(tiny_qformer(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2),
+                        petal.PetalConfig.from_preset("petal"), fast_paths=mode)
+    model.train()
+    calls = _record_frozen_paths(monkeypatch)
+    _as_if_on(monkeypatch, device)
+    model(**qformer_inputs()).last_hidden_state.sum().backward()
+    assert "sdpa" not in calls and calls.count("fast attention") == 3
+    assert calls.count("fast residual") == 7 and calls.count("F.dropout") == 1  # the embeddings' own
+
+
+def test_fast_paths_follow_the_input_device_after_patch(monkeypatch):
+    model = petal.patch(tiny_qformer(), petal.PetalConfig.from_preset("petal"))
+    calls = _record_frozen_paths(monkeypatch)
+    model(**qformer_inputs())
+    assert calls.count("fast attention") == 3 and "sdpa" not in calls
+    calls.clear()
+    _as_if_on(monkeypatch, "cuda:0")
+    model(**qformer_inputs())
+    assert calls.count("sdpa") == 3 and "fast attention" not in calls
 
 
 def test_last_layer_instruction_feed_forward_backward_is_skipped_only_for_a_zero_gradient(monkeypatch):

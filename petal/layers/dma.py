@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 import petal_kernels
 
+from . import fast_paths as fast
 from .attention_core import additive_mask, attention
 from .base import AdapterWrapper, run_forward_hooks
 from .fast_dropout import keep_mask
@@ -103,13 +104,15 @@ class DMAAttention(DelegatingWrapper):
     ``kind`` is ``"self"`` (q/k/v read the hidden states: query tokens then instruction tokens,
     split by the Q-Former's own ``query_length``) or ``"cross"`` (q reads the query tokens, k/v the
     image features through the image-side factors). ``shared`` is held by reference, not registered:
-    it lives once in the model (``<qformer>.petal_dma``).
+    it lives once in the model (``<qformer>.petal_dma``). ``fast_paths`` (``PetalConfig.fast_paths``)
+    says where the attention core runs :func:`~petal.layers.attention_core.attention` instead of the
+    attention function ``config._attn_implementation`` names (eager / SDPA / flash).
     """
 
     mergeable = True
 
     def __init__(self, base_layer: nn.Module, shared: DMAShared, kind: str, projections: tuple,
-                 gamma: bool, dropout: float):
+                 gamma: bool, dropout: float, fast_paths: fast.FastPaths = "auto"):
         super().__init__(base_layer)
         if kind not in ("self", "cross"):
             raise ValueError(f"kind must be 'self' or 'cross', got {kind!r}")
@@ -122,7 +125,7 @@ class DMAAttention(DelegatingWrapper):
         self.gamma = (nn.ParameterDict({name: nn.Parameter(torch.ones(N)) for name in self.projections})
                       if gamma else None)
         self._merge_full = False
-        self.fast_attention = True  # attention_core.attention instead of transformers' attention function
+        self.fast_paths = fast_paths
 
     # ------------------------------------------------------------------ the update
 
@@ -231,14 +234,14 @@ class DMAAttention(DelegatingWrapper):
         k = out["key"].view(*current.shape[:-1], -1, head).transpose(1, 2)
         v = out["value"].view(*current.shape[:-1], -1, head).transpose(1, 2)
         dropout = base.attention_dropout if self.training else 0.0
-        if self.fast_attention and not base._forward_hooks and not kwargs and 0 <= dropout < 1 \
-                and getattr(base.config, "_attn_implementation", None) in (None, "eager", "sdpa"):
+        implementation = base.config._attn_implementation
+        if fast.enabled(self.fast_paths, q) and not base._forward_hooks and not kwargs and 0 <= dropout < 1 \
+                and implementation in (None, "eager", "sdpa"):
             supported, additive = additive_mask(mask, q.dtype)
             if supported:
                 return attention(q, k, v, additive, base.scaling, dropout), None
         hf = _attention_module_globals(base)
-        interface = hf.ALL_ATTENTION_FUNCTIONS.get_interface(base.config._attn_implementation,
-                                                             hf.eager_attention_forward)
+        interface = hf.ALL_ATTENTION_FUNCTIONS.get_interface(implementation, hf.eager_attention_forward)
         attn_output, attn_weights = interface(
             base, q, k, v, mask, dropout=dropout,
             scaling=base.scaling, **kwargs)

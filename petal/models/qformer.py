@@ -3,12 +3,16 @@
 * DMA: every ``layer.attention.attention`` (self) and ``layer.crossattention.attention`` (cross)
   multi-head attention is wrapped by :class:`~petal.layers.dma.DMAAttention`; the shared factors live
   once at ``<qformer>.petal_dma``. A forward pre-hook on each Q-Former layer copies the layer's own
-  ``query_length`` argument into a keyword the DMA wrappers read, so callers pass nothing extra.
+  ``query_length`` argument (bound by name from the layer's signature) into a keyword the DMA wrappers
+  read, so callers pass nothing extra.
 * AIM: the Q-Former's input-embedding module (InstructBLIP ``embeddings``, BLIP-2 ``layernorm``) is
   wrapped by :class:`~petal.layers.aim.AIMEmbeddings`.
 * Multi-instruction AIM (InstructBLIP): ``qformer_input_ids`` / ``input_ids`` of shape
   ``(batch, num_instructions, seq_len)`` (mask likewise) run every instruction through the Q-Former and
   merge the outputs with ``<qformer>.petal_instruction_merge`` (softmax-learned or uniform weights).
+* Fast paths (``PetalConfig.fast_paths``): :mod:`petal.models.qformer_fast`.
+
+What the model layer reads of ``transformers`` is checked first (:func:`petal.compat.check_qformer`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Optional
 
 from torch import nn
 
+from ..compat import bound_argument, check_qformer
 from ..config import PetalConfig
 from ..layers.aim import AIMEmbeddings, InstructionMerge, expand_instructions
 from ..layers.dma import QUERY_LENGTH_KWARG, DMAAttention, DMAShared, QueryTransform
@@ -46,8 +51,7 @@ def _encoder_width(qformer: nn.Module) -> Optional[int]:
 
 
 def _query_length_hook(module, args, kwargs):
-    ql = kwargs.get("query_length", args[4] if len(args) > 4 else 0)
-    kwargs[QUERY_LENGTH_KWARG] = ql
+    kwargs[QUERY_LENGTH_KWARG] = bound_argument(module, args, kwargs, "query_length")
     return args, kwargs
 
 
@@ -59,6 +63,7 @@ def _wrap(parent: nn.Module, name: str, wrapper_factory) -> nn.Module:
 
 def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> None:
     """Insert DMA / AIM into ``qformer`` in place; record hooks and added modules in ``state``."""
+    check_qformer(qformer)
     dma, aim = cfg.dma, cfg.aim
     hidden = qformer.config.hidden_size
     dot = f"{prefix}." if prefix else ""
@@ -75,7 +80,7 @@ def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> N
                 blocks.append((layer.crossattention, "cross"))
             for block, kind in blocks:
                 _wrap(block, "attention", lambda base, kind=kind: DMAAttention(
-                    base, shared, kind, dma.projections, dma.gamma, dma.dropout))
+                    base, shared, kind, dma.projections, dma.gamma, dma.dropout, cfg.fast_paths))
             state.handles.append(layer.register_forward_pre_hook(_query_length_hook, with_kwargs=True))
             if dma.query_transform:
                 wrapper = _wrap(qformer.encoder.layer, str(i), lambda base: QueryTransform(
@@ -91,7 +96,7 @@ def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> N
             state.added.append(f"{dot}petal_instruction_merge")
             state.handles.append(qformer.register_forward_pre_hook(_multi_pre_hook, with_kwargs=True))
             state.handles.append(qformer.register_forward_hook(_multi_post_hook))
-    state.handles.extend(install_fast_paths(qformer))
+    state.handles.extend(install_fast_paths(qformer, cfg.fast_paths))
 
 
 # ---------------------------------------------------------------------- multi-instruction

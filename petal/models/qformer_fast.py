@@ -13,7 +13,9 @@
 
 Each override is an instance attribute (the module's class, state-dict keys, hooks and
 gradient checkpointing stay as they are); ``petal.unpatch`` removes it through the handle kept in the
-patch state.
+patch state. ``PetalConfig.fast_paths`` decides where they run (:mod:`petal.layers.fast_paths`): with
+``False`` none is installed; with ``"auto"`` each call on a non-CPU tensor goes to the class's own
+method, so on a GPU the frozen modules run ``transformers``' code.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import functools
 import torch
 from torch import nn
 
+from ..layers import fast_paths
 from ..layers.fast_dropout import keep_mask
 
 RESIDUAL_NORM_CLASSES = ("InstructBlipQFormerSelfOutput", "InstructBlipQFormerOutput",
@@ -31,15 +34,16 @@ LAYER_CLASSES = ("InstructBlipQFormerLayer", "Blip2QFormerLayer")
 
 
 class MethodOverride:
-    """Sets ``module.<name>`` to ``fn`` bound to it; ``remove()`` restores the class's method.
+    """Sets ``module.<name>`` to ``fn`` bound to the module and the fast-path ``mode``; ``remove()``
+    restores the class's method.
 
     The binding is a ``functools.partial``: unlike a bound method of a module-level function it
     pickles, and ``inspect.signature`` (which ``apply_chunking_to_forward`` reads) sees the method's
     own arguments."""
 
-    def __init__(self, module: nn.Module, name: str, fn):
+    def __init__(self, module: nn.Module, name: str, fn, mode: fast_paths.FastPaths):
         self.module, self.name = module, name
-        module.__dict__[name] = functools.partial(fn, module)
+        module.__dict__[name] = functools.partial(fn, module, mode)
 
     def remove(self) -> None:
         self.module.__dict__.pop(self.name, None)
@@ -50,8 +54,10 @@ def _plain_dropout(dropout: nn.Module) -> bool:
             and 0 <= dropout.p < 1)
 
 
-def residual_norm_forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+def residual_norm_forward(self, mode, hidden_states: torch.Tensor, input_tensor: torch.Tensor):
     """``LayerNorm(dropout(dense(hidden_states)) + input_tensor)`` with the dropout fused into the add."""
+    if not fast_paths.enabled(mode, hidden_states):
+        return type(self).forward(self, hidden_states, input_tensor)
     h = self.dense(hidden_states)
     drop = self.dropout
     if not _plain_dropout(drop):
@@ -62,8 +68,17 @@ def residual_norm_forward(self, hidden_states: torch.Tensor, input_tensor: torch
     return self.LayerNorm(h + input_tensor)
 
 
-def feed_forward_chunk(self, attention_output: torch.Tensor) -> torch.Tensor:
-    return type(self).feed_forward_chunk(self, attention_output.contiguous())
+def _fast_input(mode, x: torch.Tensor) -> torch.Tensor:
+    """``x`` contiguous where the fast paths run (see the module docstring), else as it is."""
+    return x.contiguous() if fast_paths.enabled(mode, x) else x
+
+
+def feed_forward_chunk(self, mode, attention_output: torch.Tensor) -> torch.Tensor:
+    return type(self).feed_forward_chunk(self, _fast_input(mode, attention_output))
+
+
+def feed_forward_chunk_query(self, mode, attention_output: torch.Tensor) -> torch.Tensor:
+    return type(self).feed_forward_chunk_query(self, _fast_input(mode, attention_output))
 
 
 class _SkipZeroGrad(torch.autograd.Function):
@@ -77,28 +92,25 @@ class _SkipZeroGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if grad.device.type != "cpu":  # the test would be a host synchronisation on a GPU: pass it on
-            return grad
+            return grad  # (fast_paths=True on a GPU)
         return grad if bool(grad.any()) else None
 
 
-def last_feed_forward_chunk(self, attention_output: torch.Tensor) -> torch.Tensor:
+def last_feed_forward_chunk(self, mode, attention_output: torch.Tensor) -> torch.Tensor:
     """The last layer's instruction-row feed-forward. Its rows reach the caller in
     ``last_hidden_state``, but InstructBLIP reads only the query rows of it: a loss on those sends
     back an all-zero gradient here, and the feed-forward's backward is skipped (only while its own
     weights are frozen: a trainable one keeps its zero gradient)."""
-    out = feed_forward_chunk(self, attention_output)
-    if any(p.requires_grad for m in (self.intermediate, self.output) for p in m.parameters()):
-        return out
-    return _SkipZeroGrad.apply(out)
+    out = feed_forward_chunk(self, mode, attention_output)
+    frozen = not any(p.requires_grad for m in (self.intermediate, self.output) for p in m.parameters())
+    return _SkipZeroGrad.apply(out) if frozen and fast_paths.enabled(mode, attention_output) else out
 
 
-def feed_forward_chunk_query(self, attention_output: torch.Tensor) -> torch.Tensor:
-    return type(self).feed_forward_chunk_query(self, attention_output.contiguous())
-
-
-def install_fast_paths(qformer: nn.Module) -> list:
-    """Override the methods of ``qformer``'s frozen modules that have a faster equivalent; returns
-    the handles that undo it."""
+def install_fast_paths(qformer: nn.Module, mode: fast_paths.FastPaths) -> list:
+    """Override the methods of ``qformer``'s frozen modules that have a faster equivalent, to run where
+    ``mode`` says; returns the handles that undo it (none for ``mode=False``)."""
+    if mode is False:
+        return []
     handles = []
     last = qformer.encoder.layer[-1] if len(qformer.encoder.layer) else None
     for module in qformer.modules():
@@ -109,25 +121,10 @@ def install_fast_paths(qformer: nn.Module) -> list:
         elif name in LAYER_CLASSES:
             text = last_feed_forward_chunk if module is last else feed_forward_chunk
             overrides = [("feed_forward_chunk", text), ("feed_forward_chunk_query", feed_forward_chunk_query)]
-        handles += [MethodOverride(module, attr, fn) for attr, fn in overrides if attr not in module.__dict__]
+        handles += [MethodOverride(module, attr, fn, mode) for attr, fn in overrides
+                    if attr not in module.__dict__]
     return handles
 
 
-def disable_fast_paths(model: nn.Module) -> None:
-    """Put a patched model back on ``transformers``' own frozen-module code and attention functions
-    (what ``petal.patch`` would give without these fast paths); for comparisons and debugging."""
-    from ..layers.dma import DMAAttention
-
-    state = getattr(model, "_petal_state", None)
-    if state is None:
-        raise ValueError(f"this {type(model).__name__} is not patched by petal (call petal.patch first)")
-    for handle in [h for h in state.handles if isinstance(h, MethodOverride)]:
-        handle.remove()
-        state.handles.remove(handle)
-    for module in model.modules():
-        if isinstance(module, DMAAttention):
-            module.fast_attention = False
-
-
-__all__ = ["LAYER_CLASSES", "MethodOverride", "RESIDUAL_NORM_CLASSES", "disable_fast_paths",
-           "install_fast_paths", "residual_norm_forward"]
+__all__ = ["LAYER_CLASSES", "MethodOverride", "RESIDUAL_NORM_CLASSES", "install_fast_paths",
+           "residual_norm_forward"]

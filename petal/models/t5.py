@@ -46,20 +46,19 @@ class _GatedSublayer(AdapterWrapper):
 class T5GatedSelfAttention(_GatedSublayer):
     """Replaces ``T5LayerSelfAttention``; returns ``(hidden_states, position_bias, attn_weights)``."""
 
-    def forward(self, hidden_states, attention_mask=None, position_bias=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, position_bias=None, **kwargs):
         base = self.base_layer
+        # the cache passes through under whatever name T5Block gives it (past_key_values; cache from 5.24)
         attention_output, position_bias, attn_weights = base.SelfAttention(
             base.layer_norm(hidden_states),
             mask=attention_mask,
             position_bias=position_bias,
-            past_key_values=past_key_values,
             **kwargs,
         )
         out = self.vl_pet(hidden_states, attention_output, self.dropout_rate())
         output = (out, position_bias, attn_weights)
         if base._forward_hooks:
-            call_kwargs = dict(kwargs, attention_mask=attention_mask, position_bias=position_bias,
-                               past_key_values=past_key_values)
+            call_kwargs = dict(kwargs, attention_mask=attention_mask, position_bias=position_bias)
             output = run_forward_hooks(base, (hidden_states,), call_kwargs, output)
         return output
 
