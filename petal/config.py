@@ -13,7 +13,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from .vl_pet_config import VLPetConfig
 
@@ -204,6 +204,10 @@ class LoraSettings(_Section):
 
 _SECTIONS = {"dma": DMAConfig, "aim": AIMConfig, "sib": SIBConfig, "lora": LoraSettings}
 
+# name -> builder of a fresh PetalConfig; filled by ``petal.presets`` (which the ``petal`` package imports,
+# so it is filled whenever this module is), keeping the import one way: presets -> config
+PRESET_BUILDERS: dict[str, Callable[[], PetalConfig]] = {}
+
 
 @dataclass
 class PetalConfig:
@@ -282,9 +286,10 @@ class PetalConfig:
 
     @classmethod
     def from_preset(cls, name: str) -> PetalConfig:
-        from .presets import preset
-
-        return preset(name)
+        """A freshly built copy of the named preset (``petal.presets`` registers them)."""
+        if name not in PRESET_BUILDERS:
+            raise ValueError(f"unknown preset {name!r}; presets are {sorted(PRESET_BUILDERS)}")
+        return PRESET_BUILDERS[name]()
 
     def differences(self, other: PetalConfig, prefix: str = "") -> list[str]:
         """Human-readable ``key: mine != theirs`` lines, for error messages."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
-from .config import AIMConfig, DMAConfig, PetalConfig, SIBConfig
+from .config import PRESET_BUILDERS, AIMConfig, DMAConfig, PetalConfig, SIBConfig
 from .vl_pet_config import VL_PET_PRESETS
 
 
@@ -46,11 +46,10 @@ _BUILDERS: dict[str, Callable[[], PetalConfig]] = {
 for _name, _vl in VL_PET_PRESETS.items():
     _BUILDERS[_name] = (lambda v: lambda: PetalConfig(method="vl-pet", vl_pet=copy.deepcopy(v)))(_vl)
 
+PRESET_BUILDERS.update(_BUILDERS)
 PRESETS: dict[str, PetalConfig] = {name: build() for name, build in _BUILDERS.items()}
 
 
 def preset(name: str) -> PetalConfig:
     """A freshly built copy of the named preset (edits to it, or to ``PRESETS``, never leak)."""
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown preset {name!r}; presets are {sorted(_BUILDERS)}")
-    return _BUILDERS[name]()
+    return PetalConfig.from_preset(name)

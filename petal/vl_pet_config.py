@@ -13,7 +13,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Optional
 
-GRANULARITIES = ("large", "middleX", "middleY", "small")
+from petal_kernels import GRANULARITIES
+
 VARIANTS = ("down", "up", "down_up", "down_up_pair")
 
 
