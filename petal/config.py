@@ -85,6 +85,14 @@ class DMAConfig(_Section):
     (``W_λ = A·D``, ``A`` zero-initialised R×R). ``query_transform`` is the official code's
     ``layer_output += 0.1·(attn_out ⊙ scale + shift)`` on every Q-Former self-attention output, with
     scale/shift drawn from N(0, ``query_transform_init_std``) as there (0 keeps patched == base).
+
+    The released code also differs in three places that these switches reproduce (all three on in
+    ``petal-official``): ``trainable_lambda=False`` fixes λ = 1 (it has no λ; ``per_modality_lambda``
+    is then moot); ``dropout_per_projection`` draws one dropout mask on ``D x`` per projection (q, k, v
+    each its own) instead of one shared mask; ``cross_batch_context`` (0.1 there) adds that multiple of
+    the batch mean of query row 0 of each cross-attention's input to row 0 of its output, which makes
+    every sample's output depend on the others in its batch (with several instructions per image, the
+    mean is taken per instruction, as the released code runs each instruction as its own batch).
     """
 
     enabled: bool = True
@@ -98,14 +106,19 @@ class DMAConfig(_Section):
     dropout: float = 0.0
     query_transform: bool = False
     query_transform_init_std: float = 0.0
+    trainable_lambda: bool = True
+    dropout_per_projection: bool = False
+    cross_batch_context: float = 0.0
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         o = "DMAConfig"
-        for name in ("enabled", "per_modality_lambda", "dynamic_lambda", "gamma", "query_transform"):
+        for name in ("enabled", "per_modality_lambda", "dynamic_lambda", "gamma", "query_transform",
+                     "trainable_lambda", "dropout_per_projection"):
             _bool(o, name, getattr(self, name))
+        _real(o, "cross_batch_context", self.cross_batch_context)
         _int(o, "rank", self.rank)
         _choice(o, "core", self.core, CORES)
         self.projections = _subset(o, "projections", self.projections, PROJECTIONS)

@@ -16,7 +16,8 @@ def _petal() -> PetalConfig:
 def _official() -> PetalConfig:
     return PetalConfig(
         dma=DMAConfig(core="tucker", per_modality_lambda=False, dynamic_lambda=False, gamma=False,
-                      dropout=0.1, query_transform=True, query_transform_init_std=2e-4),
+                      dropout=0.1, query_transform=True, query_transform_init_std=2e-4,
+                      trainable_lambda=False, dropout_per_projection=True, cross_batch_context=0.1),
         aim=AIMConfig(gate="uniform", identity_init=False, instruction_merge="uniform"),
         sib=SIBConfig(weight=0.0, learnable_weight=True),
     )

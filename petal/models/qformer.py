@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import PetalConfig
 from ..layers.aim import AIMEmbeddings, InstructionMerge, expand_instructions
+from ..layers.batch_context import CrossBatchContext
 from ..layers.dma import QUERY_LENGTH_KWARG, DMAAttention, DMAShared, QueryTransform
 from .qformer_fast import install_fast_paths
 
@@ -64,7 +65,7 @@ def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> N
     dot = f"{prefix}." if prefix else ""
     if dma.enabled:
         shared = DMAShared(hidden, _encoder_width(qformer), dma.rank, dma.core, dma.dynamic_lambda,
-                           dma.per_modality_lambda)
+                           dma.per_modality_lambda, dma.trainable_lambda)
         qformer.petal_dma = shared
         state.added.append(f"{dot}petal_dma")
         for i, layer in enumerate(qformer.encoder.layer):
@@ -75,7 +76,10 @@ def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> N
                 blocks.append((layer.crossattention, "cross"))
             for block, kind in blocks:
                 _wrap(block, "attention", lambda base, kind=kind: DMAAttention(
-                    base, shared, kind, dma.projections, dma.gamma, dma.dropout))
+                    base, shared, kind, dma.projections, dma.gamma, dma.dropout, dma.dropout_per_projection))
+            if dma.cross_batch_context and getattr(layer, "has_cross_attention", False):
+                _wrap(layer, "crossattention", lambda base: CrossBatchContext(
+                    base, dma.cross_batch_context, lambda: _instructions_in_flight(qformer)))
             state.handles.append(layer.register_forward_pre_hook(_query_length_hook, with_kwargs=True))
             if dma.query_transform:
                 wrapper = _wrap(qformer.encoder.layer, str(i), lambda base: QueryTransform(
@@ -95,6 +99,12 @@ def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> N
 
 
 # ---------------------------------------------------------------------- multi-instruction
+
+
+def _instructions_in_flight(qformer: nn.Module) -> Optional[int]:
+    """Instructions per image of the Q-Former forward under way (``None`` outside multi-instruction)."""
+    merge = getattr(qformer, "petal_instruction_merge", None)
+    return None if merge is None else merge.__dict__.get("_active")
 
 
 _QFORMER_ARGS = ("input_ids", "attention_mask", "position_ids", "query_embeds", "encoder_hidden_states",
