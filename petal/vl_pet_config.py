@@ -99,3 +99,6 @@ class VLPetConfig:
 VL_PET_PRESETS: dict[str, VLPetConfig] = {
     f"vl-pet-{granularity}": VLPetConfig(granularity=granularity) for granularity in GRANULARITIES
 }
+# the multi-head designs beside "down" (vl-pet-large): VL-PET-large with the heads placed elsewhere
+VL_PET_PRESETS.update({f"vl-pet-large-{variant.replace('_', '-')}": VLPetConfig(variant=variant)
+                       for variant in VARIANTS if variant != "down"})

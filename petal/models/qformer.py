@@ -107,14 +107,14 @@ def _instructions_in_flight(qformer: nn.Module) -> Optional[int]:
     return None if merge is None else merge.__dict__.get("_active")
 
 
-_QFORMER_ARGS = ("input_ids", "attention_mask", "position_ids", "query_embeds", "encoder_hidden_states",
+QFORMER_ARGS = ("input_ids", "attention_mask", "position_ids", "query_embeds", "encoder_hidden_states",
                  "encoder_attention_mask")
 
 
 def _multi_pre_hook(qformer, args, kwargs):
     merge: InstructionMerge = qformer.petal_instruction_merge
     kwargs = dict(kwargs)
-    for name, value in zip(_QFORMER_ARGS, args):
+    for name, value in zip(QFORMER_ARGS, args):
         kwargs.setdefault(name, value)
     ids = kwargs.get("input_ids")
     pending = merge.__dict__.pop("_pending", None)
