@@ -22,6 +22,8 @@ from .vl_pet_config import VLPetConfig
 
 METHODS = ("petal", "lora", "head", "full", "vl-pet", "maple", "llama-adapter", "vl-adapter")
 LORA_TARGETS = ("qformer", "t5")
+QFORMER_METHODS = ("petal", "head", "maple", "llama-adapter")
+T5_METHODS = ("vl-pet", "vl-adapter")
 CORES = ("cp", "tucker")
 PROJECTIONS = ("query", "key", "value")
 ATTENTIONS = ("self", "cross")
@@ -255,6 +257,13 @@ class PetalConfig:
             if self.instructions.count > self.aim.max_instructions:
                 raise ValueError(f"PetalConfig.instructions.count ({self.instructions.count}) exceeds "
                                  f"aim.max_instructions ({self.aim.max_instructions})")
+
+    @property
+    def adapts(self) -> str:
+        """``"qformer"``, ``"t5"`` or ``"any"`` (``full``): where the method puts its trainable state."""
+        if self.method == "lora":
+            return self.lora.target
+        return "qformer" if self.method in QFORMER_METHODS else "t5" if self.method in T5_METHODS else "any"
 
     @property
     def merges_instructions(self) -> bool:

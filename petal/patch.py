@@ -71,20 +71,9 @@ def _state(model: nn.Module) -> PatchState:
     return state
 
 
-_QFORMER_METHODS = ("petal", "head", "maple", "llama-adapter")
-_T5_METHODS = ("vl-pet", "vl-adapter")
-
-
-def _adapts(cfg: PetalConfig) -> str:
-    """``"qformer"``, ``"t5"`` or ``"any"``: what the method of ``cfg`` puts its trainable state into."""
-    if cfg.method == "lora":
-        return cfg.lora.target
-    return "qformer" if cfg.method in _QFORMER_METHODS else "t5" if cfg.method in _T5_METHODS else "any"
-
-
 def _check_method(cfg: PetalConfig, family: str, model: nn.Module) -> None:
     name = type(model).__name__
-    adapts = _adapts(cfg)
+    adapts = cfg.adapts
     if cfg.method == "petal" and family == "t5":
         raise ValueError(f"method 'petal' adapts a Q-Former and {name} has none; use a vl-pet-* preset")
     if cfg.method == "lora" and adapts == "qformer" and family == "t5":

@@ -189,3 +189,18 @@ def test_vl_adapter_is_a_bottleneck_on_every_sublayer_output():
         a = ff.DenseReluDense.adapter
         ref = x + h + a.up(F.gelu(a.down(h), approximate="tanh"))
         torch.testing.assert_close(ff(x), ref)
+
+
+def test_petal_presets_lists_every_baseline_with_its_counts(capsys):
+    from petal.cli import main
+
+    assert main(["presets"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[3:]}
+    expected = {"maple": "3,255,936 (InstructBLIP Q-Former)", "llama-adapter": "1,179,792 (InstructBLIP",
+                "head": "11,811,840 (InstructBLIP Q-Former)", "random-instruction": "890,314 (InstructBLIP",
+                "vl-adapter": "8,899,200 (T5-base)", "lora-t5": "14,155,776 (T5-base)",
+                "vl-pet-large-up": "15,981,696 (T5-base)", "vl-pet-large-down-up": "15,981,696 (T5-base)",
+                "vl-pet-large-down-up-pair": "13,327,488 (T5-base)"}
+    for name, real in expected.items():
+        assert real in rows[name], rows.get(name)
+        assert int(rows[name].split()[2].replace(",", "")) > 0  # and a count on the embedded model
