@@ -8,14 +8,13 @@ on a T5). ``method`` says which family is applied: one of ``METHODS``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from .baseline_config import HeadSettings, LlamaAdapterSettings, MapleSettings, VLAdapterSettings
-from .config_fields import Section, check_bool, check_choice, check_int, check_real, check_subset
+from .config_fields import Section, check_bool, check_choice, check_int, check_keys, check_real, check_subset
 from .data.instructions import FOCUS_INSTRUCTIONS
 from .data.instructions import SOURCES as INSTRUCTION_SOURCES
 from .vl_pet_config import VLPetConfig
@@ -281,12 +280,7 @@ class PetalConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PetalConfig:
-        if not isinstance(data, dict):
-            raise TypeError(f"PetalConfig.from_dict expects a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"PetalConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+        check_keys(cls, data)
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key in _SECTIONS:

@@ -41,17 +41,22 @@ def check_subset(owner: str, name: str, value, choices) -> tuple:
     return tuple(value)
 
 
+def check_keys(cls, data) -> None:
+    """``data`` must be a dict whose keys are fields of the dataclass ``cls``."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(known)}")
+
+
 class Section:
     """from_dict with unknown-key errors, shared by every section."""
 
     @classmethod
     def from_dict(cls, data: dict):
-        if not isinstance(data, dict):
-            raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(known)}")
+        check_keys(cls, data)
         return cls(**data)
 
     def to_dict(self) -> dict:

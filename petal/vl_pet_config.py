@@ -15,6 +15,8 @@ from typing import Optional
 
 from petal_kernels import GRANULARITIES
 
+from .config_fields import check_keys
+
 VARIANTS = ("down", "up", "down_up", "down_up_pair")
 
 
@@ -87,12 +89,7 @@ class VLPetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> VLPetConfig:
-        if not isinstance(data, dict):
-            raise TypeError(f"VLPetConfig.from_dict expects a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"VLPetConfig.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
+        check_keys(cls, data)
         return cls(**data)
 
 

@@ -14,15 +14,11 @@ from petal.data.instructions import CAPTION_TEMPLATES, FOCUS_INSTRUCTIONS, templ
 from petal.data.sources import FolderDataset
 from petal.data.synthetic import SyntheticShapes
 from petal.data.tokenizer import embedded_tokenizer
-from petal.embedded import EmbeddedSpec, build_embedded_model, save_base
+from petal.embedded import build_embedded_model, save_base
 from petal.layers.aim import InstructionMerge
 
 from .test_data import _pil, _processor
-
-SPEC = EmbeddedSpec(vision_hidden=32, qformer_hidden=32, lm_hidden=32, num_query_tokens=4, vision_layers=1,
-                    qformer_layers=1, lm_layers=1)
-SMALL = petal.PetalConfig(dma=petal.DMAConfig(rank=8), aim=petal.AIMConfig(num_experts=2, expert_rank=8),
-                          sib=petal.SIBConfig(proj_dim=8))
+from .test_train import SMALL, SPEC
 
 
 def _config(source, count=3):
@@ -126,9 +122,9 @@ def test_generate_merges_the_instructions_of_each_image(records):
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
+    """The tiny embedded model of test_train (untrained), saved where ``--model`` can load it."""
     path = tmp_path_factory.mktemp("base") / "tiny"
-    model, tok = build_embedded_model(spec=SPEC)
-    save_base(model, tok, path, {"steps": 0, "note": "untrained, for tests"})
+    save_base(*build_embedded_model(spec=SPEC), path, {"steps": 0, "note": "untrained, for tests"})
     return path
 
 
