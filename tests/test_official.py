@@ -103,3 +103,14 @@ def test_cross_batch_context_mixes_the_samples_of_a_batch_only_when_on(factor):
     assert torch.equal(a[0], b[0]) == (factor == 0)
     petal.unpatch(q)
     assert not isinstance(q.encoder.layer[0].crossattention, CrossBatchContext)
+
+
+def test_official_preset_runs_a_bfloat16_qformer():
+    q, inp = tiny_qformer().to(torch.bfloat16), qformer_inputs()
+    inp = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inp.items()}
+    petal.patch(q, PetalConfig.from_preset("petal-official"))
+    q.train()
+    out = q(**inp).last_hidden_state
+    assert out.dtype == torch.bfloat16  # the query transform's float32 masters are cast at use
+    out.float().square().mean().backward()
+    assert q.encoder.layer[0].scale.grad.dtype == torch.float32

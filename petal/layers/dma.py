@@ -343,4 +343,5 @@ class QueryTransform(DelegatingWrapper):
                                "was the model patched with petal.patch?")
         attn = self._captured[0]
         self._captured.clear()
-        return out + self.factor * (attn * self.scale + self.shift)
+        # float32 masters of a half-precision base: cast at use, so the layer's output keeps its dtype
+        return out + self.factor * (attn * self.scale.to(attn.dtype) + self.shift.to(attn.dtype))
