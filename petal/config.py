@@ -181,8 +181,8 @@ class InstructionSettings(Section):
     ``SyntheticShapes(instructions=True)``), else its question (or captioning instruction).
     ``"focus"``: the paper's ``count`` instructions of different focus (objects, their characteristics,
     their relationship) for every image. ``"random"``: ``count`` instructions drawn at random from the
-    InstructBLIP template pool of the record's task (the paper's "w. random instruction"), afresh for
-    every training batch (seeded from torch's generator, so a resumed run draws the same), from the
+    InstructBLIP template pool of the record's task (the paper's "w. random instruction"), anew for
+    every training batch (seeded by the batch's record ids, so a resumed run draws the same), from the
     record id in evaluation. Several instructions per image need AIM's merge (method ``petal`` with
     ``aim.enabled``) on an InstructBLIP model.
     """

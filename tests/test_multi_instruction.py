@@ -16,6 +16,7 @@ from petal.data.synthetic import SyntheticShapes
 from petal.data.tokenizer import embedded_tokenizer
 from petal.embedded import build_embedded_model, save_base
 from petal.layers.aim import InstructionMerge
+from petal.train import TrainSettings, train_model
 
 from .test_data import _pil, _processor
 from .test_train import SMALL, SPEC
@@ -80,11 +81,13 @@ def test_instruction_collator_follows_the_config(records):
     random_train = InstructionCollator.for_config(sink, _config("random"), train=True)
     torch.manual_seed(0)
     random_train(plain)
+    random_train(plain[1:] + plain[:1])  # the same records batched otherwise (another epoch's shuffle)
     random_train(plain)
-    torch.manual_seed(0)
+    torch.manual_seed(1)
     random_train(plain)
-    first, second, replay = seen[-3:]
-    assert first == replay and first != second  # afresh per batch, reproducible from torch's seed
+    first, reshuffled, again, other_seed = seen[-4:]
+    assert first == again  # the same batch draws the same: a resumed run replays it
+    assert reshuffled != first[1:] + first[:1] and other_seed != first
     for r, drawn in zip(plain, first):
         assert len(drawn) == 3 and set(drawn) <= set(template_pool(r))
     random_eval = InstructionCollator.for_config(sink, _config("random"), train=False)
@@ -209,3 +212,33 @@ def test_several_instructions_need_aim_and_fit_max_instructions():
         petal.PetalConfig(instructions=petal.InstructionSettings(source="random", count=5))
     with pytest.raises(ValueError, match="at most 3 for source 'focus'"):
         petal.InstructionSettings(source="focus", count=4)
+
+
+def test_random_instructions_replay_when_training_resumes(tmp_path):
+    data = SyntheticShapes("train", num_scenes=8, families=("spatial", "colour"))
+    settings = TrainSettings(max_steps=4, batch_size=4, lr=5e-3, warmup_steps=1, progress=False, seed=0)
+    cfg = _config("random")
+
+    def patched(seed):
+        model, tok = build_embedded_model(seed=0, spec=SPEC)
+        torch.manual_seed(seed)
+        petal.patch(model, cfg)
+        return model, InstructionCollator.for_config(WordCollator(tok, 4, 32), cfg, train=True)
+
+    straight, collator = patched(1)
+    train_model(straight, data, collator, settings, output_dir=tmp_path / "a")
+
+    def stop_at_two(step, logs):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    first, collator = patched(1)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(first, data, collator, settings, output_dir=tmp_path / "b", on_step=stop_at_two,
+                    log=lambda s: None)
+    resumed, collator = patched(5)
+    train_model(resumed, data, collator, settings, output_dir=tmp_path / "b", resume=True, log=lambda s: None)
+    a = {n: p for n, p in straight.named_parameters() if p.requires_grad}
+    for name, p in resumed.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, a[name], rtol=1e-5, atol=1e-6, msg=name)

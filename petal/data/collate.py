@@ -250,9 +250,10 @@ class InstructionCollator:
     (:func:`~petal.data.instructions.choose_instructions`), then calls ``collator``.
 
     ``merges=False`` (a model that cannot merge several instructions per image) strips them: the
-    Q-Former reads the prompt. ``fresh_draws`` (training) draws ``"random"`` instructions afresh for
-    every batch from a seed taken from torch's generator (which checkpoints save and restore);
-    without it (evaluation) each record's draw follows from its id.
+    Q-Former reads the prompt. ``fresh_draws`` (training) draws ``"random"`` instructions per batch,
+    seeded by torch's initial seed and the ids of the batch's records in order: a reshuffled epoch
+    draws anew, and a resumed run (which rebuilds the same batches) draws what the interrupted one
+    did. Without it (evaluation) each record's draw follows from its id alone.
     """
 
     def __init__(self, collator, source: str = "record", count: int = 3, merges: bool = True,
@@ -273,7 +274,8 @@ class InstructionCollator:
     def __call__(self, records: Sequence[dict]) -> dict:
         rng = None
         if self.fresh_draws and self.source == "random":
-            rng = random.Random(int(torch.randint(2 ** 62, (1,))))
+            ids = "/".join(str(r.get("id")) for r in records)
+            rng = random.Random(f"petal-instructions/{torch.initial_seed()}/{ids}")
         chosen = [choose_instructions(r, self.source, self.count, rng) if self.merges else None
                   for r in records]
         return self.collator([{**r, "instructions": c} for r, c in zip(records, chosen)])
