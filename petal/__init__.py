@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from . import losses
 from .adapter_io import load_adapter, save_adapter
-from .config import AIMConfig, DMAConfig, LoraSettings, PetalConfig, SIBConfig
+from .baseline_config import HeadSettings, LlamaAdapterSettings, MapleSettings, VLAdapterSettings
+from .config import AIMConfig, DMAConfig, InstructionSettings, LoraSettings, PetalConfig, SIBConfig
 from .patch import SUPPORTED, is_patched, merge, patch, trainable_parameters, unmerge, unpatch
 from .presets import PRESETS
 from .vl_pet_config import VL_PET_PRESETS, VLPetConfig
 
 __all__ = [
-    "AIMConfig", "DMAConfig", "LoraSettings", "PRESETS", "PetalConfig", "SIBConfig", "SUPPORTED",
-    "VLPetConfig", "VL_PET_PRESETS", "is_patched", "load_adapter", "losses", "merge", "patch",
-    "save_adapter", "trainable_parameters", "unmerge", "unpatch",
+    "AIMConfig", "DMAConfig", "HeadSettings", "InstructionSettings", "LlamaAdapterSettings", "LoraSettings",
+    "MapleSettings", "PRESETS", "PetalConfig", "SIBConfig", "SUPPORTED", "VLAdapterSettings", "VLPetConfig",
+    "VL_PET_PRESETS", "is_patched", "load_adapter", "losses", "merge", "patch", "save_adapter",
+    "trainable_parameters", "unmerge", "unpatch",
 ]
 __version__ = "0.1.0"

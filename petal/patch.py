@@ -75,13 +75,17 @@ def _state(model: nn.Module) -> PatchState:
 
 def _check_method(cfg: PetalConfig, family: str, model: nn.Module) -> None:
     name = type(model).__name__
+    adapts = cfg.adapts
     if cfg.method == "petal" and family == "t5":
         raise ValueError(f"method 'petal' adapts a Q-Former and {name} has none; use a vl-pet-* preset")
-    if cfg.method == "lora" and family == "t5":
-        raise ValueError(f"method 'lora' targets the Q-Former's q/k/v and {name} has none")
-    if cfg.method == "vl-pet" and family == "qformer":
-        raise ValueError(f"method 'vl-pet' adapts a T5 language model and {name} has none")
-    wants_t5 = cfg.method == "vl-pet" or (cfg.method == "petal" and cfg.vl_pet is not None)
+    if cfg.method == "lora" and adapts == "qformer" and family == "t5":
+        raise ValueError(f"method 'lora' targets the Q-Former's q/k/v and {name} has none (LoraSettings."
+                         "target='t5', the preset lora-t5, adapts a T5)")
+    if adapts == "qformer" and family == "t5":
+        raise ValueError(f"method {cfg.method!r} adapts a Q-Former and {name} has none")
+    if adapts == "t5" and family == "qformer":
+        raise ValueError(f"method {cfg.method!r} adapts a T5 language model and {name} has none")
+    wants_t5 = adapts == "t5" or (cfg.method == "petal" and cfg.vl_pet is not None)
     if wants_t5 and family == "composite" and not _lm_is_t5(model):
         lm = getattr(getattr(model.config, "text_config", None), "model_type", "?")
         raise ValueError(f"VL-PET needs a T5 language model, but this {name} has a {lm!r} one")
@@ -175,9 +179,21 @@ def _apply(model: nn.Module, cfg: PetalConfig, family: str, state: PatchState) -
         if not had_peft_config and hasattr(model, "peft_config"):  # set by peft's injection
             state.attributes.append("peft_config")
     elif cfg.method == "head":
-        baselines.patch_head(model)
+        baselines.patch_head(model, cfg.head)
     elif cfg.method == "full":
         baselines.patch_full(model)
+    elif cfg.method == "maple":
+        from .models.maple import patch_maple
+
+        patch_maple(model, cfg.maple, state)
+    elif cfg.method == "llama-adapter":
+        from .models.llama_adapter import patch_llama_adapter
+
+        patch_llama_adapter(model, cfg.llama_adapter)
+    elif cfg.method == "vl-adapter":
+        from .models.t5 import patch_vl_adapter
+
+        patch_vl_adapter(model, cfg.vl_adapter)
     if cfg.vl_pet is not None and (cfg.method == "vl-pet" or family != "qformer"):
         from .models.t5 import patch_t5
 

@@ -13,7 +13,10 @@ import numbers
 from dataclasses import dataclass
 from typing import Optional
 
-GRANULARITIES = ("large", "middleX", "middleY", "small")
+from petal_kernels import GRANULARITIES
+
+from .config_fields import check_keys
+
 VARIANTS = ("down", "up", "down_up", "down_up_pair")
 
 
@@ -86,15 +89,13 @@ class VLPetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> VLPetConfig:
-        if not isinstance(data, dict):
-            raise TypeError(f"VLPetConfig.from_dict expects a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"VLPetConfig.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
+        check_keys(cls, data)
         return cls(**data)
 
 
 VL_PET_PRESETS: dict[str, VLPetConfig] = {
     f"vl-pet-{granularity}": VLPetConfig(granularity=granularity) for granularity in GRANULARITIES
 }
+# the multi-head designs beside "down" (vl-pet-large): VL-PET-large with the heads placed elsewhere
+VL_PET_PRESETS.update({f"vl-pet-large-{variant.replace('_', '-')}": VLPetConfig(variant=variant)
+                       for variant in VARIANTS if variant != "down"})

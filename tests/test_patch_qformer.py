@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import petal
+from petal.baseline_config import HeadSettings
 from petal.config import PetalConfig
 from petal.layers.base import AdapterWrapper
 
@@ -114,8 +115,8 @@ def test_patching_twice_and_unsupported_models_are_clear_errors():
         petal.patch(tiny_qformer(), {"method": "petal"})
     with pytest.raises(ValueError, match="not patched"):
         petal.unpatch(tiny_qformer())
-    with pytest.raises(ValueError, match="'head' trains the language projection"):
-        petal.patch(tiny_qformer(), PetalConfig.from_preset("head"))
+    with pytest.raises(ValueError, match="language_projection trains the language projection"):
+        petal.patch(tiny_qformer(), PetalConfig(method="head", head=HeadSettings(language_projection=True)))
     with pytest.raises(ValueError, match="VL-PET needs a T5 language model.*'llama'"):
         petal.patch(tiny_instructblip("llama"), PetalConfig.from_preset("vl-pet-large"))
 
@@ -147,9 +148,10 @@ def test_baselines_lora_head_full():
     assert not any("lora" in n for n, _ in model.named_parameters())
     assert not hasattr(model, "peft_config"), "peft's bookkeeping must go with the LoRA layers"
 
-    petal.patch(model, PetalConfig.from_preset("head"))
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        "language_projection.weight", "language_projection.bias"}
+    petal.patch(model, PetalConfig.from_preset("head"))  # copies of the last Q-Former layer's modules
+    assert {n.split(".trained.")[0] for n, p in model.named_parameters() if p.requires_grad} == {
+        f"qformer.encoder.layer.1.{part}" for part in ("attention", "intermediate", "output",
+                                                       "intermediate_query", "output_query")}
     petal.unpatch(model)
     petal.patch(model, PetalConfig.from_preset("full"))
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
@@ -296,7 +298,7 @@ def test_output_attentions_and_hidden_states_still_recorded():
 def test_error_inside_patch_restores_flags_and_modules():
     q = tiny_qformer()
     flags = {n: p.requires_grad for n, p in q.named_parameters()}
-    with pytest.raises(ValueError, match="'head'"):
-        petal.patch(q, PetalConfig.from_preset("head"))
+    with pytest.raises(ValueError, match="language_projection"):  # raised after the head copies were made
+        petal.patch(q, PetalConfig(method="head", head=HeadSettings(language_projection=True)))
     assert {n: p.requires_grad for n, p in q.named_parameters()} == flags
     assert not petal.is_patched(q)

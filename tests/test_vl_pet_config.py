@@ -14,12 +14,20 @@ def test_defaults_are_the_official_t5_settings():
     assert cfg.encoder_self_attention and cfg.encoder_ffn and cfg.decoder_cross_attention_value
 
 
-def test_presets_differ_only_in_granularity():
-    assert sorted(VL_PET_PRESETS) == sorted(f"vl-pet-{g}" for g in GRANULARITIES)
+def test_presets_differ_only_in_granularity_or_multi_head_design():
+    designs = [f"vl-pet-large-{v.replace('_', '-')}" for v in VARIANTS if v != "down"]
+    assert designs == ["vl-pet-large-up", "vl-pet-large-down-up", "vl-pet-large-down-up-pair"]
+    assert sorted(VL_PET_PRESETS) == sorted([f"vl-pet-{g}" for g in GRANULARITIES] + designs)
     for name, cfg in VL_PET_PRESETS.items():
-        assert cfg.granularity == name.removeprefix("vl-pet-")
-        others = {k: v for k, v in cfg.to_dict().items() if k != "granularity"}
-        defaults = {k: v for k, v in VLPetConfig().to_dict().items() if k != "granularity"}
+        if name in designs:
+            design = name.removeprefix("vl-pet-large-")
+            assert (cfg.granularity, cfg.variant.replace("_", "-")) == ("large", design)
+            changed = ("variant",)
+        else:
+            assert (cfg.granularity, cfg.variant) == (name.removeprefix("vl-pet-"), "down")
+            changed = ("granularity",)
+        others = {k: v for k, v in cfg.to_dict().items() if k not in changed}
+        defaults = {k: v for k, v in VLPetConfig().to_dict().items() if k not in changed}
         assert others == defaults
 
 

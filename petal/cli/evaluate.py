@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import petal
 
+    from ..data.collate import InstructionCollator
     from ..evaluate import evaluate
     from ..runs import RunConfig, find_run_config, load_model
 
@@ -57,13 +58,15 @@ def run(args) -> int:
     if model_spec != "embedded" and not args.model and (run_dir / model_spec).is_dir():
         model_spec = str(run_dir / model_spec)  # a base stored inside the run directory
     loaded = load_model(model_spec, run_dir / "base", log=print)
-    model = loaded.model
+    model, config = loaded.model, None
     if args.adapter:
         meta = json.loads((Path(args.adapter) / "adapter_config.json").read_text())
-        petal.patch(model, petal.PetalConfig.from_dict(meta["config"]))
+        config = petal.PetalConfig.from_dict(meta["config"])
+        petal.patch(model, config)
         petal.load_adapter(model, args.adapter)
     data = load_split(run, args.split, args.limit, loaded.image_size)
-    r = evaluate(model, data, loaded.eval_collator, loaded.decode, batch_size=args.batch_size,
+    collator = InstructionCollator.for_config(loaded.eval_collator, config, train=False)
+    r = evaluate(model, data, collator, loaded.decode, batch_size=args.batch_size,
                  num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
     what = f"adapter {args.adapter}" if args.adapter else "base model"
     loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"

@@ -1,4 +1,6 @@
-"""``petal presets``: every preset with its trainable parameters on the embedded model."""
+"""``petal presets``: every preset with its trainable parameters on the embedded model and on the real
+configuration of what it adapts (InstructBLIP's Q-Former, or T5-base), built from configs on the meta
+device (no download, no memory)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,34 @@ from .common import fmt_count, table
 
 
 def add_parser(sub) -> None:
-    sub.add_parser("presets", help="list the presets with their trainable parameters on the embedded model")
+    sub.add_parser("presets", help="list the presets with their trainable parameters (embedded model and "
+                                   "the real InstructBLIP Q-Former / T5-base configurations)")
+
+
+def _real_models() -> dict:
+    import torch
+    from transformers import (
+        InstructBlipQFormerConfig,
+        InstructBlipQFormerModel,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    with torch.device("meta"):
+        return {"qformer": ("InstructBLIP Q-Former", InstructBlipQFormerModel(InstructBlipQFormerConfig())),
+                "t5": ("T5-base", T5ForConditionalGeneration(T5Config(
+                    d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64, vocab_size=32128)))}
+
+
+def _count(petal, model, config) -> str:
+    try:
+        petal.patch(model, config)
+    except Exception as e:  # noqa: BLE001 - report and keep listing
+        return f"n/a ({type(e).__name__}: {e})"
+    try:
+        return fmt_count(petal.trainable_parameters(model).trainable)
+    finally:
+        petal.unpatch(model)
 
 
 def run(args) -> int:
@@ -18,15 +47,15 @@ def run(args) -> int:
 
     base, _ = build_embedded_model()
     total = sum(p.numel() for p in base.parameters())
+    real = _real_models()
     rows = []
     for name in sorted(petal.PRESETS):
-        model = copy.deepcopy(base)
-        try:
-            petal.patch(model, petal.PetalConfig.from_preset(name))
-            n = petal.trainable_parameters(model).trainable
-            rows.append([name, petal.PRESETS[name].method, fmt_count(n, total)])
-        except Exception as e:  # noqa: BLE001 - report and keep listing
-            rows.append([name, petal.PRESETS[name].method, f"n/a ({type(e).__name__}: {e})"])
-    print(f"presets on the embedded model ({total:,} parameters before patching):")
-    print(table(["preset", "method", "trainable params (% of the unpatched model)"], rows))
+        config = petal.PetalConfig.from_preset(name)
+        embedded = _count(petal, copy.deepcopy(base), config)
+        if embedded[0].isdigit():
+            embedded += f" ({100.0 * int(embedded.replace(',', '')) / total:.1f}%)"
+        label, model = real["t5" if config.adapts == "t5" else "qformer"]
+        rows.append([name, config.method, embedded, f"{_count(petal, model, config)} ({label})"])
+    print(f"presets on the embedded model ({total:,} parameters before patching) and on real configurations:")
+    print(table(["preset", "method", "embedded (% of the unpatched model)", "real configuration"], rows))
     return 0

@@ -48,6 +48,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..data.collate import InstructionCollator
     from ..evaluate import evaluate
     from ..runs import load_model
     from ..train import TrainSettings, train_model
@@ -70,8 +71,11 @@ def run(args) -> int:
     print(f"model {run.model}: {fmt_count(trainable, total)} trainable parameters (preset {preset}); "
           f"data {run.data}: {len(train_data)} train / {len(eval_data)} {run.eval_split} records")
 
+    train_collator = InstructionCollator.for_config(loaded.train_collator, config, train=True)
+    eval_collator = InstructionCollator.for_config(loaded.eval_collator, config, train=False)
+
     def eval_fn(m):
-        r = evaluate(m, eval_data, loaded.eval_collator, loaded.decode, batch_size=max(run.batch_size, 16),
+        r = evaluate(m, eval_data, eval_collator, loaded.decode, batch_size=max(run.batch_size, 16),
                      num_beams=run.num_beams, max_new_tokens=run.max_new_tokens)
         return {"loss": r["loss"], **{k: v for k, v in r["metrics"].items() if k != "by_family"}}
 
@@ -82,7 +86,7 @@ def run(args) -> int:
         checkpoint_every=run.checkpoint_every, keep_checkpoints=run.keep_checkpoints,
         mixed_precision=run.mixed_precision, progress=args.progress)
     try:
-        result = train_model(model, train_data, loaded.train_collator, settings, output_dir=out,
+        result = train_model(model, train_data, train_collator, settings, output_dir=out,
                              resume=args.resume, eval_fn=eval_fn)
     except KeyboardInterrupt:
         print(f"\ninterrupted: a checkpoint is in {out / 'checkpoints'}; continue with "

@@ -8,17 +8,27 @@
 
 Both give the model inputs as tensors plus ``batch["meta"]`` (ids, tasks, prompts, references) that
 training drops and evaluation scores against. Records follow :mod:`petal.data.sources`.
+
+Several instructions per image: when the records carry ``instructions`` (a list of n strings, the same
+n for every record of the batch), the Q-Former reads those — ``qformer_input_ids`` and
+``qformer_attention_mask`` come out ``(batch, n, length)``, which a model patched with AIM merges — and
+the language model still reads the record's prompt. :class:`InstructionCollator` decides what the
+records carry, from a ``PetalConfig``'s ``instructions`` section.
 """
 
 from __future__ import annotations
 
+import random
 import zlib
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .instructions import SOURCES as INSTRUCTION_SOURCES
+from .instructions import choose_instructions
 
 VQA_PROMPT = "Question: {} Short answer:"
 
@@ -76,7 +86,29 @@ def to_pil(image: Any):
 def _meta(records: Sequence[dict], prompts: list[str]) -> dict:
     return {"ids": [r.get("id") for r in records], "tasks": [r.get("task") for r in records],
             "families": [r.get("family") for r in records], "prompts": prompts,
-            "answers": [list(r.get("answers") or []) for r in records]}
+            "answers": [list(r.get("answers") or []) for r in records],
+            "instructions": [list(r.get("instructions") or []) for r in records]}
+
+
+def instruction_lists(records: Sequence[dict]) -> Optional[list[list[str]]]:
+    """Each record's ``instructions``, or ``None`` when no record has any; a batch must not mix records
+    with and without them, nor different numbers of them."""
+    lists = [r.get("instructions") for r in records]
+    if not any(lists):
+        return None
+    for r, found in zip(records, lists):
+        if not found or isinstance(found, str) or not all(isinstance(t, str) and t.strip() for t in found):
+            raise ValueError(f"record {r.get('id')!r}: 'instructions' must be a non-empty list of non-empty "
+                             f"strings when other records of its batch have them, got {found!r}")
+    counts = sorted({len(found) for found in lists})
+    if len(counts) > 1:
+        raise ValueError(f"the records of a batch must carry the same number of instructions, got {counts}")
+    return [list(found) for found in lists]
+
+
+def _unflatten(t: torch.Tensor, n: int) -> torch.Tensor:
+    """(B·n, L) -> (B, n, L)."""
+    return t.reshape(t.shape[0] // n, n, t.shape[1])
 
 
 def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
@@ -110,15 +142,21 @@ class WordCollator:
         prompts = [format_prompt(r, self.vqa_template) for r in records]
         prompt_ids = [tok.encode(p)[-self.max_length:] for p in prompts]
         lm_ids = [[tok.image_token_id] * self.num_query_tokens + ids for ids in prompt_ids]
-        qformer_ids = _pad(prompt_ids, tok.pad_token_id)
-        input_ids = _pad(lm_ids, tok.pad_token_id)
+        instructions = instruction_lists(records)
+        qformer_ids = prompt_ids
+        if instructions is not None:
+            qformer_ids = [tok.encode(t)[-self.max_length:] for texts in instructions for t in texts]
         batch = {
             "pixel_values": torch.stack([image_tensor(r["image"], self.image_size) for r in records]) * 2 - 1,
-            "qformer_input_ids": qformer_ids,
-            "qformer_attention_mask": _pad([[1] * len(p) for p in prompt_ids], 0),
-            "input_ids": input_ids,
+            "qformer_input_ids": _pad(qformer_ids, tok.pad_token_id),
+            "qformer_attention_mask": _pad([[1] * len(p) for p in qformer_ids], 0),
+            "input_ids": _pad(lm_ids, tok.pad_token_id),
             "attention_mask": _pad([[1] * len(p) for p in lm_ids], 0),
         }
+        if instructions is not None:
+            n = len(instructions[0])
+            for key in ("qformer_input_ids", "qformer_attention_mask"):
+                batch[key] = _unflatten(batch[key], n)
         if self.with_labels:
             targets = [tok.encode(training_target(r))[: self.max_length] for r in records]
             batch["labels"] = _pad(targets, -100)
@@ -158,17 +196,32 @@ class ProcessorCollator:
                                  max_length=self.max_length)
             batch = {"pixel_values": torch.as_tensor(np.stack([np.asarray(p) for p in enc["pixel_values"]]))}
             batch.update(self._decoder_only(enc, records, tok))
-            batch["meta"] = _meta(records, prompts)
-            return batch
-        enc = self.processor(images=images, text=prompts, return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.max_length)
-        batch = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
-        if self.with_labels:
-            lab = tok([training_target(r) for r in records], padding=True, truncation=True,
-                      max_length=self.max_target_length, return_tensors="pt")
-            batch["labels"] = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)
+        else:
+            enc = self.processor(images=images, text=prompts, return_tensors="pt", padding=True,
+                                 truncation=True, max_length=self.max_length)
+            batch = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+            if self.with_labels:
+                lab = tok([training_target(r) for r in records], padding=True, truncation=True,
+                          max_length=self.max_target_length, return_tensors="pt")
+                batch["labels"] = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)
+        batch.update(self._instructions(records))
         batch["meta"] = _meta(records, prompts)
         return batch
+
+    def _instructions(self, records: Sequence[dict]) -> dict:
+        """(B, n, L) Q-Former ids and mask of the records' instructions (nothing when they have none)."""
+        instructions = instruction_lists(records)
+        if instructions is None:
+            return {}
+        qtok = getattr(self.processor, "qformer_tokenizer", None)
+        if qtok is None:
+            raise ValueError(f"the records carry instructions for the Q-Former, but "
+                             f"{type(self.processor).__name__} has no qformer_tokenizer (BLIP-2 reads none)")
+        enc = qtok([t for texts in instructions for t in texts], padding=True, truncation=True,
+                   max_length=self.max_length, return_tensors="pt")
+        n = len(instructions[0])
+        return {"qformer_input_ids": _unflatten(enc["input_ids"], n),
+                "qformer_attention_mask": _unflatten(enc["attention_mask"], n)}
 
     def _decoder_only(self, enc, records: Sequence[dict], tok) -> dict:
         eos = tok.eos_token_id
@@ -192,10 +245,46 @@ class ProcessorCollator:
         return out
 
 
+class InstructionCollator:
+    """Puts on each record the instructions a ``PetalConfig``'s ``instructions`` section asks for
+    (:func:`~petal.data.instructions.choose_instructions`), then calls ``collator``.
+
+    ``merges=False`` (a model that cannot merge several instructions per image) strips them: the
+    Q-Former reads the prompt. ``fresh_draws`` (training) draws ``"random"`` instructions per batch,
+    seeded by torch's initial seed and the ids of the batch's records in order: a reshuffled epoch
+    draws anew, and a resumed run (which rebuilds the same batches) draws what the interrupted one
+    did. Without it (evaluation) each record's draw follows from its id alone.
+    """
+
+    def __init__(self, collator, source: str = "record", count: int = 3, merges: bool = True,
+                 fresh_draws: bool = False):
+        if source not in INSTRUCTION_SOURCES:
+            raise ValueError(f"source must be one of {INSTRUCTION_SOURCES}, got {source!r}")
+        self.collator, self.source, self.count = collator, source, count
+        self.merges, self.fresh_draws = merges, fresh_draws
+
+    @classmethod
+    def for_config(cls, collator, config, train: bool) -> InstructionCollator:
+        """From a ``PetalConfig`` (``None``: an unpatched model, which reads one instruction)."""
+        if config is None:
+            return cls(collator, merges=False)
+        settings = config.instructions
+        return cls(collator, settings.source, settings.count, config.merges_instructions, fresh_draws=train)
+
+    def __call__(self, records: Sequence[dict]) -> dict:
+        rng = None
+        if self.fresh_draws and self.source == "random":
+            ids = "/".join(str(r.get("id")) for r in records)
+            rng = random.Random(f"petal-instructions/{torch.initial_seed()}/{ids}")
+        chosen = [choose_instructions(r, self.source, self.count, rng) if self.merges else None
+                  for r in records]
+        return self.collator([{**r, "instructions": c} for r, c in zip(records, chosen)])
+
+
 def model_inputs(batch: dict) -> dict:
     """The batch without ``meta`` (what the model is called with)."""
     return {k: v for k, v in batch.items() if k != "meta"}
 
 
-__all__ = ["ProcessorCollator", "VQA_PROMPT", "WordCollator", "format_prompt", "image_tensor", "model_inputs",
-           "to_pil", "training_target"]
+__all__ = ["InstructionCollator", "ProcessorCollator", "VQA_PROMPT", "WordCollator", "format_prompt",
+           "image_tensor", "instruction_lists", "model_inputs", "to_pil", "training_target"]

@@ -17,7 +17,8 @@ into a record. Local folder format::
 one JSON object per line: ``{"image": "images/1.jpg", "question": "...", "answers": ["..."]}`` for VQA,
 ``{"image": "images/2.jpg", "captions": ["...", "..."]}`` for captioning (``task`` may be given; it is
 inferred otherwise), optional ``"id"`` and ``"split"`` (a record without ``split`` belongs to every
-split of ``annotations.jsonl``).
+split of ``annotations.jsonl``), and optional ``"instructions": ["...", "..."]``: several instructions
+for the Q-Former (PETAL's multi-instruction AIM; the same number on every line).
 """
 
 from __future__ import annotations
@@ -174,8 +175,16 @@ def _folder_record(root: Path, entry: dict, line: int, source: Path) -> dict:
     if not question:
         raise ValueError(f"{where}: a vqa record needs a 'question'")
     image_path = (root / entry["image"]).resolve()
-    return {"id": str(entry.get("id", f"{source.stem}-{line}")), "image": image_path, "task": task,
-            "question": question, "answers": refs}
+    record = {"id": str(entry.get("id", f"{source.stem}-{line}")), "image": image_path, "task": task,
+              "question": question, "answers": refs}
+    instructions = entry.get("instructions")
+    if instructions is not None:  # several instructions for the Q-Former (PETAL's AIM)
+        if (isinstance(instructions, str) or not isinstance(instructions, list) or not instructions
+                or not all(isinstance(t, str) and t.strip() for t in instructions)):
+            raise ValueError(f"{where}: 'instructions' must be a non-empty list of non-empty strings, "
+                             f"got {instructions!r}")
+        record["instructions"] = instructions
+    return record
 
 
 class FolderDataset(Dataset):

@@ -13,7 +13,10 @@ rotated (R, G, B → G, B, R: red objects look blue, ...) — the same scenes an
 distribution for adaptation experiments.
 
 Records use the common format of :mod:`petal.data.sources`: ``{"id", "image", "task", "family",
-"question", "answers"}`` with ``task`` ``"caption"`` or ``"vqa"``.
+"question", "answers"}`` with ``task`` ``"caption"`` or ``"vqa"``. With ``instructions=True`` every record
+also carries the paper's instruction set of different focus for the Q-Former (``"instructions"``: what
+objects are in the picture, their characteristics, their relationship), which suits these scenes: two
+objects, their colours and shapes, and where one is relative to the other.
 
 Splits are disjoint by construction: a scene's split is decided by a stable hash of its full
 description (shapes, colours, layout, integer positions and sizes), so no scene can appear in two
@@ -30,6 +33,7 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from .instructions import CAPTION_TEMPLATES, FOCUS_INSTRUCTIONS, VQA_TEMPLATES
 from .sources import CAPTION_INSTRUCTION
 
 COLOURS = {
@@ -143,7 +147,8 @@ def vocabulary_texts() -> list[str]:
     words = list(COLOURS) + list(SHAPES) + [w for rel in RELATIONS.values() for r in rel for w in r.split()]
     words += [w for sides in SIDES.values() for w in sides]
     words += "a and what colour is the shape object ?".split()
-    return words + [CAPTION_INSTRUCTION, "Question: Short answer:"]
+    instructions = [*FOCUS_INSTRUCTIONS, *CAPTION_TEMPLATES, *(t.format("") for t in VQA_TEMPLATES)]
+    return words + [CAPTION_INSTRUCTION, "Question: Short answer:", *instructions]
 
 
 def _check_families(families: Sequence[str]) -> tuple[str, ...]:
@@ -162,7 +167,8 @@ class SyntheticShapes(Dataset):
     """
 
     def __init__(self, split: str = "train", num_scenes: Optional[int] = None, seed: int = 0,
-                 families: Sequence[str] = FAMILIES, image_size: int = 32, domain: str = "standard"):
+                 families: Sequence[str] = FAMILIES, image_size: int = 32, domain: str = "standard",
+                 instructions: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if num_scenes is None:
@@ -175,6 +181,9 @@ class SyntheticShapes(Dataset):
             raise ValueError(f"image_size must be a multiple of {GRID}, got {image_size}")
         if domain not in DOMAINS:
             raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+        if not isinstance(instructions, bool):
+            raise ValueError(f"instructions must be True or False, got {instructions!r}")
+        self.instructions = instructions
         self.split, self.seed, self.image_size, self.domain = split, seed, image_size, domain
         self.families = _check_families(families)
         rng = random.Random(f"petal-synthetic/{seed}/{split}")
@@ -203,11 +212,15 @@ class SyntheticShapes(Dataset):
     def _record(self, n: int, scene: Scene, image: torch.Tensor, family: str, rng: random.Random) -> dict:
         rid = f"{self.split}-{n}-{family}"
         if family == "caption":
-            return {"id": rid, "image": image, "task": "caption", "family": family,
-                    "question": CAPTION_INSTRUCTION, "answers": captions(scene)}
-        question, answer = questions(scene, family, rng)
-        return {"id": rid, "image": image, "task": "vqa", "family": family, "question": question,
-                "answers": [answer]}
+            record = {"id": rid, "image": image, "task": "caption", "family": family,
+                      "question": CAPTION_INSTRUCTION, "answers": captions(scene)}
+        else:
+            question, answer = questions(scene, family, rng)
+            record = {"id": rid, "image": image, "task": "vqa", "family": family, "question": question,
+                      "answers": [answer]}
+        if self.instructions:
+            record["instructions"] = list(FOCUS_INSTRUCTIONS)
+        return record
 
     def __len__(self) -> int:
         return len(self.records)

@@ -54,15 +54,19 @@ class DMAShared(nn.Module):
     """Everything DMA shares across layers: a factor set per input space and λ per modality."""
 
     def __init__(self, hidden_size: int, encoder_hidden_size: Optional[int], rank: int, core: str,
-                 dynamic: bool, per_modality: bool):
+                 dynamic: bool, per_modality: bool, trainable_lambda: bool = True):
         super().__init__()
         self.rank, self.core_kind, self.per_modality = rank, core, per_modality
         self.text = DMAFactors(hidden_size, hidden_size, rank, core, dynamic)
         self.image = (DMAFactors(encoder_hidden_size, hidden_size, rank, core, dynamic)
                       if encoder_hidden_size is not None else None)
-        self.lambdas = nn.Parameter(torch.ones(len(MODALITIES) if per_modality else 1, rank))
+        self.lambdas = (nn.Parameter(torch.ones(len(MODALITIES) if per_modality else 1, rank))
+                        if trainable_lambda else None)
 
     def lam(self, modality: str) -> Tensor:
+        """λ^m; all ones (not a parameter) when λ is not trained, as in the released code."""
+        if self.lambdas is None:
+            return self.text.down.new_ones(self.rank)
         return self.lambdas[MODALITIES.index(modality) if self.per_modality else 0]
 
 
@@ -112,7 +116,8 @@ class DMAAttention(DelegatingWrapper):
     mergeable = True
 
     def __init__(self, base_layer: nn.Module, shared: DMAShared, kind: str, projections: tuple,
-                 gamma: bool, dropout: float, fast_paths: fast.FastPaths = "auto"):
+                 gamma: bool, dropout: float, dropout_per_projection: bool = False,
+                 fast_paths: fast.FastPaths = "auto"):
         super().__init__(base_layer)
         if kind not in ("self", "cross"):
             raise ValueError(f"kind must be 'self' or 'cross', got {kind!r}")
@@ -120,6 +125,7 @@ class DMAAttention(DelegatingWrapper):
             raise ValueError("a cross-attention DMA needs the image-side factors (encoder_hidden_size)")
         self.__dict__["shared"] = shared
         self.kind, self.projections, self.dropout = kind, tuple(projections), float(dropout)
+        self.dropout_per_projection = bool(dropout_per_projection)
         R, N = shared.rank, base_layer.query.out_features
         self.p = nn.ParameterDict({name: nn.Parameter(_xavier_vector(R)) for name in self.projections})
         self.gamma = (nn.ParameterDict({name: nn.Parameter(torch.ones(N)) for name in self.projections})
@@ -188,12 +194,20 @@ class DMAAttention(DelegatingWrapper):
         if self.merged and self._merge_full:
             return [lin(x) for lin in linears]
         scale = self._row_scale(x, factors, modalities, query_length, valid)
+        masks = [None] * len(names)
         if self.merged:
             scale = scale - self._merge_ref(factors, modalities)
         elif self.training and self.dropout > 0:
+            # one keep mask on t = D x shared by the projections, or one per projection (q, k, v in
+            # that order) as the released code draws them: t is shared either way
             like = torch.empty(*x.shape[:-1], self.shared.rank, device=x.device, dtype=scale.dtype)
-            scale = scale * keep_mask(like, self.dropout) * (1 / (1 - self.dropout))
-        scales = [scale * self._coef(factors, n) for n in names]
+            if self.dropout_per_projection:
+                masks = [keep_mask(like, self.dropout) for _ in names]
+            else:
+                scale = scale * keep_mask(like, self.dropout) * (1 / (1 - self.dropout))
+        scales = [scale * self._coef(factors, n) if m is None
+                  else scale * m * (1 / (1 - self.dropout)) * self._coef(factors, n)
+                  for n, m in zip(names, masks)]
         ups = [self._up(factors, n) for n in names]
         gammas = None
         if self.gamma is not None and not self.merged:
@@ -333,4 +347,5 @@ class QueryTransform(DelegatingWrapper):
                                "was the model patched with petal.patch?")
         attn = self._captured[0]
         self._captured.clear()
-        return out + self.factor * (attn * self.scale + self.shift)
+        # float32 masters of a half-precision base: cast at use, so the layer's output keeps its dtype
+        return out + self.factor * (attn * self.scale.to(attn.dtype) + self.shift.to(attn.dtype))

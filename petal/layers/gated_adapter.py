@@ -151,14 +151,17 @@ class GatedAdapter(nn.Module):
 
 
 class ParallelAdapter(nn.Module):
-    """``up(φ(down(e)))`` with a zero-initialised up projection: the decoder's value adapter."""
+    """``up(φ(down(e)))``: the decoder's value adapter (up projection zero-initialised), and with
+    ``zero_init=False`` (PyTorch's default init both ways) VL-Adapter's bottleneck adapter."""
 
-    def __init__(self, in_features: int, width: int, out_features: int, device=None, dtype=None):
+    def __init__(self, in_features: int, width: int, out_features: int, device=None, dtype=None,
+                 zero_init: bool = True):
         super().__init__()
         self.down = nn.Linear(in_features, width, device=device, dtype=dtype)
         self.up = nn.Linear(width, out_features, device=device, dtype=dtype)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        if zero_init:
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
 
     def forward(self, e: Tensor) -> Tensor:
         return self.up(gelu_new(self.down(e)))

@@ -9,7 +9,8 @@
   wrapped by :class:`~petal.layers.aim.AIMEmbeddings`.
 * Multi-instruction AIM (InstructBLIP): ``qformer_input_ids`` / ``input_ids`` of shape
   ``(batch, num_instructions, seq_len)`` (mask likewise) run every instruction through the Q-Former and
-  merge the outputs with ``<qformer>.petal_instruction_merge`` (softmax-learned or uniform weights).
+  merge the outputs with ``<qformer>.petal_instruction_merge`` (softmax-learned or uniform weights), in
+  ``forward`` and in ``generate`` (through ``get_image_features``).
 * Fast paths (``PetalConfig.fast_paths``): :mod:`petal.models.qformer_fast`.
 
 What the model layer reads of ``transformers`` is checked first (:func:`petal.compat.check_qformer`).
@@ -24,8 +25,9 @@ from torch import nn
 from ..compat import bound_argument, check_qformer
 from ..config import PetalConfig
 from ..layers.aim import AIMEmbeddings, InstructionMerge, expand_instructions
+from ..layers.batch_context import CrossBatchContext
 from ..layers.dma import QUERY_LENGTH_KWARG, DMAAttention, DMAShared, QueryTransform
-from .qformer_fast import install_fast_paths
+from .qformer_fast import MethodOverride, install_fast_paths
 
 QFORMER_CLASSES = ("InstructBlipQFormerModel", "Blip2QFormerModel")
 COMPOSITE_CLASSES = ("InstructBlipForConditionalGeneration", "Blip2ForConditionalGeneration")
@@ -69,7 +71,7 @@ def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> N
     dot = f"{prefix}." if prefix else ""
     if dma.enabled:
         shared = DMAShared(hidden, _encoder_width(qformer), dma.rank, dma.core, dma.dynamic_lambda,
-                           dma.per_modality_lambda)
+                           dma.per_modality_lambda, dma.trainable_lambda)
         qformer.petal_dma = shared
         state.added.append(f"{dot}petal_dma")
         for i, layer in enumerate(qformer.encoder.layer):
@@ -80,7 +82,11 @@ def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> N
                 blocks.append((layer.crossattention, "cross"))
             for block, kind in blocks:
                 _wrap(block, "attention", lambda base, kind=kind: DMAAttention(
-                    base, shared, kind, dma.projections, dma.gamma, dma.dropout, cfg.fast_paths))
+                    base, shared, kind, dma.projections, dma.gamma, dma.dropout, dma.dropout_per_projection,
+                    cfg.fast_paths))
+            if dma.cross_batch_context and getattr(layer, "has_cross_attention", False):
+                _wrap(layer, "crossattention", lambda base: CrossBatchContext(
+                    base, dma.cross_batch_context, lambda: _instructions_in_flight(qformer)))
             state.handles.append(layer.register_forward_pre_hook(_query_length_hook, with_kwargs=True))
             if dma.query_transform:
                 wrapper = _wrap(qformer.encoder.layer, str(i), lambda base: QueryTransform(
@@ -102,14 +108,20 @@ def patch_qformer(qformer: nn.Module, cfg: PetalConfig, state, prefix: str) -> N
 # ---------------------------------------------------------------------- multi-instruction
 
 
-_QFORMER_ARGS = ("input_ids", "attention_mask", "position_ids", "query_embeds", "encoder_hidden_states",
+def _instructions_in_flight(qformer: nn.Module) -> Optional[int]:
+    """Instructions per image of the Q-Former forward under way (``None`` outside multi-instruction)."""
+    merge = getattr(qformer, "petal_instruction_merge", None)
+    return None if merge is None else merge.__dict__.get("_active")
+
+
+QFORMER_ARGS = ("input_ids", "attention_mask", "position_ids", "query_embeds", "encoder_hidden_states",
                  "encoder_attention_mask")
 
 
 def _multi_pre_hook(qformer, args, kwargs):
     merge: InstructionMerge = qformer.petal_instruction_merge
     kwargs = dict(kwargs)
-    for name, value in zip(_QFORMER_ARGS, args):
+    for name, value in zip(QFORMER_ARGS, args):
         kwargs.setdefault(name, value)
     ids = kwargs.get("input_ids")
     pending = merge.__dict__.pop("_pending", None)
@@ -139,24 +151,37 @@ def _multi_post_hook(qformer, args, output):
     return output
 
 
+def _flatten_instructions(model: nn.Module, ids, mask):
+    """InstructBLIP builds the Q-Former mask from 2-D ids: (B, n, L) ids (and mask) become (B, n·L), and
+    ``n`` is handed to the Q-Former's multi-instruction pre-hook. 2-D ids pass through."""
+    if ids is None or ids.dim() != 3:
+        return ids, mask
+    B, n, L = ids.shape
+    if mask is not None and mask.shape != ids.shape:
+        raise ValueError(f"qformer_attention_mask must have the shape of qformer_input_ids "
+                         f"{tuple(ids.shape)}, got {tuple(mask.shape)}")
+    model.qformer.petal_instruction_merge.__dict__["_pending"] = n
+    return ids.reshape(B, n * L), None if mask is None else mask.reshape(B, n * L)
+
+
 def _composite_multi_pre_hook(model, args, kwargs):
-    """InstructBLIP builds the Q-Former mask before calling it: flatten (B, n, L) -> (B, n·L) here."""
+    """``forward`` with (B, n, L) ``qformer_input_ids``."""
     ids = kwargs.get("qformer_input_ids")
     if ids is None and len(args) > 1:
         raise ValueError("pass qformer_input_ids by keyword when patched with petal (multi-instruction AIM)")
     if ids is None or ids.dim() != 3:
         return None
-    B, n, L = ids.shape
     kwargs = dict(kwargs)
-    kwargs["qformer_input_ids"] = ids.reshape(B, n * L)
-    mask = kwargs.get("qformer_attention_mask")
-    if mask is not None:
-        if mask.shape != ids.shape:
-            raise ValueError(f"qformer_attention_mask must have the shape of qformer_input_ids "
-                             f"{tuple(ids.shape)}, got {tuple(mask.shape)}")
-        kwargs["qformer_attention_mask"] = mask.reshape(B, n * L)
-    model.qformer.petal_instruction_merge.__dict__["_pending"] = n
+    kwargs["qformer_input_ids"], kwargs["qformer_attention_mask"] = _flatten_instructions(
+        model, ids, kwargs.get("qformer_attention_mask"))
     return args, kwargs
+
+
+def _image_features(model, pixel_values, qformer_input_ids=None, qformer_attention_mask=None, *args,
+                    **kwargs):
+    """``get_image_features`` (what ``generate`` calls) with (B, n, L) ``qformer_input_ids``."""
+    ids, mask = _flatten_instructions(model, qformer_input_ids, qformer_attention_mask)
+    return type(model).get_image_features(model, pixel_values, ids, mask, *args, **kwargs)
 
 
 def patch_composite(model: nn.Module, cfg: PetalConfig, state) -> None:
@@ -164,6 +189,8 @@ def patch_composite(model: nn.Module, cfg: PetalConfig, state) -> None:
     patch_qformer(qformer, cfg, state, prefix)
     if hasattr(qformer, "petal_instruction_merge"):
         state.handles.append(model.register_forward_pre_hook(_composite_multi_pre_hook, with_kwargs=True))
+        if hasattr(type(model), "get_image_features"):  # generate() reaches the Q-Former through it
+            state.handles.append(MethodOverride(model, "get_image_features", _image_features))
 
 
 __all__ = ["COMPOSITE_CLASSES", "QFORMER_CLASSES", "find_qformer", "is_qformer", "patch_composite",

@@ -6,6 +6,9 @@
 * every decoder ``T5LayerCrossAttention``'s value projection ``EncDecAttention.v`` gets a parallel
   adapter ``V = W_v E + up(φ(down(E)))``.
 
+VL-Adapter (the VL-PET table's baseline) wraps the sublayers' inner modules instead
+(:func:`patch_vl_adapter`), so the sublayer code of ``transformers`` runs unchanged around it.
+
 The wrappers keep the call signature and return structure of the module they replace, so caching,
 ``generate()`` and gradient checkpointing (``T5Block`` is the checkpointed unit) work unchanged; hooks on
 the replaced sublayer (``output_attentions`` recording) still fire.
@@ -27,8 +30,10 @@ from transformers.models.t5.modeling_t5 import (
     T5Stack,
 )
 
+from ..baseline_config import VLAdapterSettings
 from ..layers.base import AdapterWrapper, run_forward_hooks
-from ..layers.gated_adapter import GatedAdapter, ParallelAdapterLinear, adapter_dtype
+from ..layers.dma import DelegatingWrapper
+from ..layers.gated_adapter import GatedAdapter, ParallelAdapter, ParallelAdapterLinear, adapter_dtype
 from ..vl_pet_config import VLPetConfig
 
 
@@ -75,21 +80,21 @@ class T5GatedFF(_GatedSublayer):
         return out
 
 
-def find_t5(model: nn.Module, config: VLPetConfig) -> tuple[str, T5PreTrainedModel]:
-    """``(prefix, t5)``: the model itself when it is a T5, else its submodule ``config.t5_module``."""
+def find_t5(model: nn.Module, t5_module: str) -> tuple[str, T5PreTrainedModel]:
+    """``(prefix, t5)``: the model itself when it is a T5, else its submodule at ``t5_module``."""
     if _is_t5(model):
         return "", model
     try:
-        inner = model.get_submodule(config.t5_module)
+        inner = model.get_submodule(t5_module)
     except AttributeError:
         inner = None
     if inner is not None and _is_t5(inner):
-        return config.t5_module + ".", inner
+        return t5_module + ".", inner
     found = type(inner).__name__ if inner is not None else "nothing"
     raise TypeError(
-        f"patch_t5 supports T5ForConditionalGeneration, T5Model, T5EncoderModel, and models holding one "
-        f"at VLPetConfig.t5_module={config.t5_module!r} (InstructBlipForConditionalGeneration."
-        f"language_model); got {type(model).__name__} (at {config.t5_module!r}: {found})")
+        f"patching a T5 supports T5ForConditionalGeneration, T5Model, T5EncoderModel, and models holding one "
+        f"at t5_module={t5_module!r} (InstructBlipForConditionalGeneration.language_model); got "
+        f"{type(model).__name__} (at {t5_module!r}: {found})")
 
 
 def _is_t5(module: nn.Module) -> bool:
@@ -104,7 +109,7 @@ def patch_t5(model: nn.Module, cfg: VLPetConfig) -> list[str]:
     if not isinstance(cfg, VLPetConfig):
         raise TypeError(f"cfg must be a VLPetConfig, got {type(cfg).__name__}")
     cfg.validate()
-    prefix, t5 = find_t5(model, cfg)
+    prefix, t5 = find_t5(model, cfg.t5_module)
     already = [name for name, m in t5.named_modules() if isinstance(m, AdapterWrapper)]
     if already:
         raise ValueError(f"model is already patched (found adapter wrappers such as {prefix}{already[0]}); "
@@ -134,4 +139,49 @@ def patch_t5(model: nn.Module, cfg: VLPetConfig) -> list[str]:
     return [prefix + name for name, _ in targets]
 
 
-__all__ = ["T5GatedFF", "T5GatedSelfAttention", "find_t5", "patch_t5"]
+# ---------------------------------------------------------------------- VL-Adapter
+
+
+class SerialAdapter(DelegatingWrapper):
+    """Wraps what a T5 sublayer computes before its dropout and residual (``SelfAttention``,
+    ``EncDecAttention``, ``DenseReluDense``): ``y ← y + up(gelu_new(down(y)))`` on its (first) output."""
+
+    def __init__(self, base_layer: nn.Module, d: int, width: int):
+        super().__init__(base_layer)
+        w = next(base_layer.parameters())
+        self.adapter = ParallelAdapter(d, width, d, device=w.device, dtype=adapter_dtype(w.dtype),
+                                       zero_init=False)
+
+    def forward(self, *args, **kwargs):
+        out = self.base_layer(*args, **kwargs)
+        y = out[0] if isinstance(out, tuple) else out
+        y = y + self.adapter(y.to(self.adapter.down.weight.dtype)).to(y.dtype)
+        return (y, *out[1:]) if isinstance(out, tuple) else y
+
+
+_VL_ADAPTER_SITES = (  # (setting, sublayer class, the child the adapter follows, encoder or decoder)
+    ("encoder_self_attention", T5LayerSelfAttention, "SelfAttention", "encoder"),
+    ("encoder_ffn", T5LayerFF, "DenseReluDense", "encoder"),
+    ("decoder_self_attention", T5LayerSelfAttention, "SelfAttention", "decoder"),
+    ("decoder_cross_attention", T5LayerCrossAttention, "EncDecAttention", "decoder"),
+    ("decoder_ffn", T5LayerFF, "DenseReluDense", "decoder"),
+)
+
+
+def patch_vl_adapter(model: nn.Module, cfg: VLAdapterSettings) -> list[str]:
+    """Insert VL-Adapter's bottleneck adapters into the T5 ``model`` (or the T5 inside it) in place;
+    returns the qualified names of the wrapped modules."""
+    prefix, t5 = find_t5(model, cfg.t5_module)
+    d, wrapped = t5.config.d_model, []
+    for setting, sublayer, child, stack_name in _VL_ADAPTER_SITES:
+        stack = getattr(t5, stack_name, None)
+        if not getattr(cfg, setting) or stack is None:
+            continue
+        for name, module in stack.named_modules(prefix=stack_name):
+            if isinstance(module, sublayer):
+                setattr(module, child, SerialAdapter(getattr(module, child), d, cfg.reduction_dim))
+                wrapped.append(f"{prefix}{name}.{child}")
+    return wrapped
+
+
+__all__ = ["SerialAdapter", "T5GatedFF", "T5GatedSelfAttention", "find_t5", "patch_t5", "patch_vl_adapter"]
