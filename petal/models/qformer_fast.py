@@ -34,16 +34,16 @@ LAYER_CLASSES = ("InstructBlipQFormerLayer", "Blip2QFormerLayer")
 
 
 class MethodOverride:
-    """Sets ``module.<name>`` to ``fn`` bound to the module and the fast-path ``mode``; ``remove()``
-    restores the class's method.
+    """Sets ``module.<name>`` to ``fn`` bound to the module and ``bound`` (the fast paths bind their
+    ``mode``); ``remove()`` restores the class's method.
 
     The binding is a ``functools.partial``: unlike a bound method of a module-level function it
     pickles, and ``inspect.signature`` (which ``apply_chunking_to_forward`` reads) sees the method's
     own arguments."""
 
-    def __init__(self, module: nn.Module, name: str, fn, mode: fast_paths.FastPaths):
+    def __init__(self, module: nn.Module, name: str, fn, *bound):
         self.module, self.name = module, name
-        module.__dict__[name] = functools.partial(fn, module, mode)
+        module.__dict__[name] = functools.partial(fn, module, *bound)
 
     def remove(self) -> None:
         self.module.__dict__.pop(self.name, None)
