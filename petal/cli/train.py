@@ -37,8 +37,13 @@ def add_parser(sub) -> None:
     train.add_argument("--seed", type=non_negative_int, default=S)
     train.add_argument("--eval-every", type=non_negative_int, default=S)
     train.add_argument("--checkpoint-every", type=non_negative_int, default=S)
-    train.add_argument("--train-limit", type=positive_int, default=S, help="use only this many training "
+    train.add_argument("--train-limit", type=positive_int, default=S, help="use only the first N training "
                        "records (synthetic: scenes)")
+    train.add_argument("--data-path", default=S, help="hub data: a local copy of the hub repository (its "
+                       "parquet files) or a data set saved with save_to_disk")
+    train.add_argument("--data-revision", default=S, help="hub data: the revision to read")
+    train.add_argument("--skip-bad-images", action="store_true", default=S,
+                       help="folder data: leave out records whose image is missing or unreadable")
     train.add_argument("--eval-limit", type=positive_int, default=S)
     train.add_argument("--eval-split", choices=("val", "test"), default=S)
     train.add_argument("--num-beams", "--beams", dest="num_beams", type=positive_int, default=S)

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .sources import CAPTION_INSTRUCTION
+from .records import CAPTION_INSTRUCTION
 
 COLOURS = {
     "red": (0.90, 0.15, 0.15),
