@@ -22,6 +22,8 @@ def metric_text(metrics: dict) -> str:
     parts = []
     if "vqa_accuracy" in metrics:
         parts.append(f"VQA acc {100 * metrics['vqa_accuracy']:.1f}% ({metrics.get('vqa_scorer', '?')})")
+    if metrics.get("vqa_skipped_difficult"):
+        parts.append(f"{metrics['vqa_skipped_difficult']} difficult question(s) not scored")
     if "cider" in metrics:
         parts.append(f"CIDEr {100 * metrics['cider']:.1f} ({metrics.get('cider_tokenizer', '?')})")
         parts.append(f"ROUGE-L F1 {100 * metrics['rougeL_f']:.1f} ({metrics.get('rouge_variant', '?')})")
