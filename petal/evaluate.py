@@ -1,5 +1,6 @@
-"""Evaluation: the LM loss, beam-search generation, and the task metrics (captions: CIDEr and ROUGE;
-VQA: accuracy), overall and per question family when the records name one."""
+"""Evaluation: the LM loss, beam-search generation, and the task metrics, overall and per question family
+when the records name one. Each record is scored by the metric it names (``metric``: ``caption``, ``vqa``,
+``aokvqa`` or ``exact``; see :mod:`petal.metrics.scores`)."""
 
 from __future__ import annotations
 
@@ -58,44 +59,62 @@ def run(model: torch.nn.Module, loader: DataLoader, decode: Callable[[list], lis
             for i in range(n):
                 rows.append({"id": meta["ids"][i], "task": meta["tasks"][i], "family": meta["families"][i],
                              "prompt": meta["prompts"][i], "prediction": predictions[i],
-                             "answers": meta["answers"][i]})
+                             "answers": meta["answers"][i], **_scoring_fields(meta, i)})
     finally:
         model.train(was_training)
     return {"loss": loss_sum / count if count else None, "rows": rows}
 
 
-def _scores(rows: Sequence[dict]) -> dict:
-    tasks, predictions = [r["task"] for r in rows], [r["prediction"] for r in rows]
-    return task_scores(tasks, predictions, [r["answers"] for r in rows])
+def _scoring_fields(meta: dict, i: int) -> dict:
+    """What scoring needs beyond the collators' meta: the record's metric and A-OKVQA's difficult flag."""
+    return {k: meta[f"scoring_{k}"][i] for k in ("metric", "difficult") if f"scoring_{k}" in meta}
 
 
-def score_rows(rows: Sequence[dict]) -> dict:
+def with_scoring_fields(collator: Callable) -> Callable:
+    """``collator`` whose batches also carry each record's ``metric`` and ``difficult`` in ``meta``."""
+    def collate(records: Sequence[dict]) -> dict:
+        batch = collator(records)
+        batch["meta"]["scoring_metric"] = [r.get("metric") for r in records]
+        batch["meta"]["scoring_difficult"] = [bool(r.get("difficult")) for r in records]
+        return batch
+
+    return collate
+
+
+def score_rows(rows: Sequence[dict], cider_tokenizer: str = "auto",
+               rouge_variant: str = "rouge-score") -> dict:
     """Metrics over all rows, plus ``by_family`` when rows come from several question families."""
     rows = [r for r in rows if r["prediction"] is not None]
     if not rows:
         return {}
-    out = _scores(rows)
+
+    def scores(subset):
+        return task_scores(subset, [r["prediction"] for r in subset], cider_tokenizer, rouge_variant)
+
+    out = scores(rows)
     families = sorted({r["family"] for r in rows if r.get("family")})
     if len(families) > 1:
-        out["by_family"] = {fam: _scores([r for r in rows if r.get("family") == fam]) for fam in families}
+        out["by_family"] = {fam: scores([r for r in rows if r.get("family") == fam]) for fam in families}
     return out
 
 
 def evaluate(model: torch.nn.Module, dataset: Dataset, collator: Callable, decode: Callable[[list], list],
              batch_size: int = 32, num_beams: int = 5, max_new_tokens: int = 20, limit: Optional[int] = None,
-             with_loss: bool = True, generate: bool = True) -> dict:
+             with_loss: bool = True, generate: bool = True, cider_tokenizer: str = "auto",
+             rouge_variant: str = "rouge-score") -> dict:
     """``{"loss", "metrics", "rows", "num_examples"}`` of ``model`` on (the first ``limit`` records of)
-    ``dataset``."""
+    ``dataset``. ``cider_tokenizer`` and ``rouge_variant``: see :mod:`petal.metrics`."""
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     if len(dataset) == 0:
         raise ValueError("the evaluation data set is empty")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    collate = with_scoring_fields(collator)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     result = run(model, loader, decode, num_beams, max_new_tokens, with_loss, generate)
-    return {"loss": result["loss"], "metrics": score_rows(result["rows"]), "rows": result["rows"],
-            "num_examples": len(dataset)}
+    return {"loss": result["loss"], "metrics": score_rows(result["rows"], cider_tokenizer, rouge_variant),
+            "rows": result["rows"], "num_examples": len(dataset)}
 
 
 def headline(metrics: dict) -> tuple[str, Optional[float]]:
@@ -107,4 +126,4 @@ def headline(metrics: dict) -> tuple[str, Optional[float]]:
     return "none", None
 
 
-__all__ = ["evaluate", "headline", "run", "score_rows"]
+__all__ = ["evaluate", "headline", "run", "score_rows", "with_scoring_fields"]

@@ -33,6 +33,10 @@ class RunConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     train_limit: Optional[int] = None
+    few_shot: Optional[int] = None      # train on this many examples drawn with the seed (petal.data.fewshot)
+    data_path: Optional[str] = None     # hub data: a local copy of the repository or a saved data set
+    data_revision: Optional[str] = None  # hub data: the revision to read
+    skip_bad_images: bool = False       # folder data: leave out records whose image is missing or unreadable
     eval_limit: Optional[int] = None
     eval_split: str = "val"
     num_beams: int = 5

@@ -4,16 +4,9 @@ import pytest
 import torch
 
 from petal.data.collate import ProcessorCollator, WordCollator, format_prompt, training_target
-from petal.data.sources import (
-    FolderDataset,
-    RecordDataset,
-    load_data,
-    map_aokvqa,
-    map_flickr30k,
-    map_okvqa,
-    map_textcaps,
-    map_textvqa,
-)
+from petal.data.folder import FolderDataset
+from petal.data.hub import RecordDataset, map_aokvqa, map_flickr30k, map_okvqa, map_textcaps, map_textvqa
+from petal.data.sources import load_data
 from petal.data.synthetic import FAMILIES, SyntheticShapes
 from petal.data.tokenizer import WordTokenizer, embedded_tokenizer
 
@@ -179,14 +172,15 @@ def test_record_mappings_on_hub_shaped_rows():
     assert map_okvqa(okvqa_m4, 0)["answers"] == ["dog"]
     assert map_okvqa(okvqa_lmms, 0)["answers"] == ["dog", "dog"]
 
-    aok = {"image": None, "question": "why?", "question_id": "x", "direct_answers": ["rain"] * 10,
-           "choices": ["a", "b"], "correct_choice_idx": 0}
+    aok = {"image": None, "question": "why?", "question_id": "x", "direct_answers": str(["rain"] * 10),
+           "choices": ["a", "b"], "correct_choice_idx": 0, "difficult_direct_answer": True}
     assert map_aokvqa(aok, 0) == {"id": "x", "image": None, "task": "vqa", "question": "why?",
-                                  "answers": ["rain"] * 10}
+                                  "answers": ["rain"] * 10, "metric": "aokvqa", "difficult": True}
     tv = datasets.Dataset.from_dict({"image": [_pil("green")], "question": ["what does it say?"],
                                      "answers": [["stop"] * 10], "question_id": [9]})
     rec = RecordDataset(tv, map_textvqa)[0]
     assert rec["task"] == "vqa" and rec["answers"] == ["stop"] * 10 and rec["id"] == "9"
+    assert rec["metric"] == "vqa" and map_flickr30k(flickr[0], 0)["metric"] == "caption"
     with pytest.raises(ValueError, match="answers"):
         map_okvqa({**okvqa_lmms, "answers": [3]}, 0)
 
@@ -210,11 +204,52 @@ def test_folder_loader(tmp_path):
 
     missing = {"image": "images/missing.png", "captions": ["x"]}
     (tmp_path / "test.jsonl").write_text(json.dumps(missing) + "\n")
-    with pytest.raises(ValueError, match="do not exist"):
+    with pytest.raises(ValueError, match="missing.png does not exist"):
         FolderDataset(tmp_path, "test")
     (tmp_path / "test.jsonl").write_text(json.dumps({"image": "images/a.png"}) + "\n")
     with pytest.raises(ValueError, match="answers"):
         FolderDataset(tmp_path, "test")
+
+
+def test_folder_finds_unreadable_images_up_front(tmp_path):
+    (tmp_path / "images").mkdir()
+    _pil("red").save(tmp_path / "images" / "good.png")
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png at all")
+    _pil("blue").save(tmp_path / "images" / "cut.png")
+    data = (tmp_path / "images" / "cut.png").read_bytes()
+    (tmp_path / "images" / "cut.png").write_bytes(data[: len(data) // 2])  # truncated
+    lines = [{"image": "images/good.png", "captions": ["a red square"]},
+             {"image": "images/broken.png", "captions": ["x"]},
+             {"image": "images/broken.png", "question": "q?", "answers": ["y"]},
+             {"image": "images/cut.png", "captions": ["z"]},
+             {"image": "images/gone.png", "captions": ["w"]}]
+    (tmp_path / "annotations.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    with pytest.raises(ValueError, match=r"3 image\(s\) .* cannot be used, e\.g\. .*broken\.png is not a "
+                       r"readable image .*--skip-bad-images"):
+        FolderDataset(tmp_path, "train")
+    said = []
+    data = load_data(str(tmp_path), "train", skip_bad_images=True, log=said.append)
+    assert [r["answers"] for r in data] == [["a red square"]] and data.skipped == 4
+    assert said and "skipped 4 record(s) of 3 missing or unreadable image(s)" in said[0]
+    (tmp_path / "val.jsonl").write_text(json.dumps(lines[1]) + "\n")
+    with pytest.raises(ValueError, match="no record .* has a readable image"):
+        FolderDataset(tmp_path, "val", skip_bad_images=True)
+
+
+def test_folder_metric_and_difficult_fields(tmp_path):
+    (tmp_path / "images").mkdir()
+    _pil("red").save(tmp_path / "images" / "a.png")
+    lines = [{"image": "images/a.png", "question": "q?", "answers": ["red"] * 10, "metric": "aokvqa",
+              "difficult": True}]
+    (tmp_path / "annotations.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    rec = FolderDataset(tmp_path, "train").records[0]
+    assert rec["metric"] == "aokvqa" and rec["difficult"] is True
+    (tmp_path / "annotations.jsonl").write_text(json.dumps({**lines[0], "metric": "caption"}) + "\n")
+    with pytest.raises(ValueError, match="annotations.jsonl:1: a vqa record cannot use metric 'caption'"):
+        FolderDataset(tmp_path, "train")
+    (tmp_path / "annotations.jsonl").write_text(json.dumps({**lines[0], "difficult": "yes"}) + "\n")
+    with pytest.raises(ValueError, match="difficult must be true or false"):
+        FolderDataset(tmp_path, "train")
 
 
 def test_load_data_rejects_unknown_sources(tmp_path):

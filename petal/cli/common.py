@@ -21,10 +21,12 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def metric_text(metrics: dict) -> str:
     parts = []
     if "vqa_accuracy" in metrics:
-        parts.append(f"VQA acc {100 * metrics['vqa_accuracy']:.1f}%")
+        parts.append(f"VQA acc {100 * metrics['vqa_accuracy']:.1f}% ({metrics.get('vqa_scorer', '?')})")
+    if metrics.get("vqa_skipped_difficult"):
+        parts.append(f"{metrics['vqa_skipped_difficult']} difficult question(s) not scored")
     if "cider" in metrics:
-        parts.append(f"CIDEr {100 * metrics['cider']:.1f}")
-        parts.append(f"ROUGE-L F1 {100 * metrics['rougeL_f']:.1f}")
+        parts.append(f"CIDEr {100 * metrics['cider']:.1f} ({metrics.get('cider_tokenizer', '?')})")
+        parts.append(f"ROUGE-L F1 {100 * metrics['rougeL_f']:.1f} ({metrics.get('rouge_variant', '?')})")
     return ", ".join(parts) or "-"
 
 
@@ -66,4 +68,5 @@ def load_split(run, split: str, limit: Optional[int], image_size: int):
 
     families = tuple(run.families) if run.families else None
     return load_data(run.data, split, limit=limit, seed=run.seed, synthetic_families=families,
-                     image_size=image_size, synthetic_domain=run.domain)
+                     image_size=image_size, synthetic_domain=run.domain, path=run.data_path,
+                     revision=run.data_revision, skip_bad_images=run.skip_bad_images, log=print)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..metrics import ROUGE_VARIANTS, TOKENIZERS
 from .args import families, positive_int
 from .common import load_split, metric_text
 
@@ -20,11 +21,20 @@ def add_parser(sub) -> None:
     ev.add_argument("--data", help="default: the run's data")
     ev.add_argument("--families", type=families)
     ev.add_argument("--domain", choices=("standard", "rotated"))
+    ev.add_argument("--data-path", help="hub data: a local copy of the hub repository or a saved data set")
+    ev.add_argument("--data-revision", help="hub data: the revision to read")
+    ev.add_argument("--skip-bad-images", action="store_true",
+                    help="folder data: leave out records whose image is missing or unreadable")
     ev.add_argument("--split", choices=("val", "test"), default="test")
     ev.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N records")
     ev.add_argument("--batch-size", type=positive_int, default=32)
     ev.add_argument("--num-beams", "--beams", dest="num_beams", type=positive_int, default=5)
     ev.add_argument("--max-new-tokens", type=positive_int, default=20)
+    ev.add_argument("--rouge-variant", choices=ROUGE_VARIANTS, default="rouge-score",
+                    help="rouge-score: best reference, stemmed; petal-paper: the PETAL code's, averaged over "
+                    "references")
+    ev.add_argument("--cider-tokenizer", choices=TOKENIZERS, default="auto",
+                    help="PTB tokenizer for CIDEr: auto (Java when present), ptb-java, ptb-python")
     ev.add_argument("--output", help="write metrics and predictions to this JSON file")
 
 
@@ -48,8 +58,11 @@ def run(args) -> int:
     run_dir = run_file.parent if run_file else Path(".")
     if args.model:
         run.model = args.model
-    if args.data:
-        run.data = args.data
+    if args.data and args.data != run.data:
+        run.data, run.data_path, run.data_revision = args.data, None, None  # the run's copy is of other data
+    for key in ("data_path", "data_revision", "skip_bad_images"):
+        if getattr(args, key):
+            setattr(run, key, getattr(args, key))
     if args.families:
         run.families = args.families
     if args.domain:
@@ -67,7 +80,8 @@ def run(args) -> int:
     data = load_split(run, args.split, args.limit, loaded.image_size)
     collator = InstructionCollator.for_config(loaded.eval_collator, config, train=False)
     r = evaluate(model, data, collator, loaded.decode, batch_size=args.batch_size,
-                 num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+                 num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                 cider_tokenizer=args.cider_tokenizer, rouge_variant=args.rouge_variant)
     what = f"adapter {args.adapter}" if args.adapter else "base model"
     loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
     print(f"{what} on {run.data} {args.split} ({r['num_examples']} records, beam {args.num_beams}): "

@@ -37,8 +37,15 @@ def add_parser(sub) -> None:
     train.add_argument("--seed", type=non_negative_int, default=S)
     train.add_argument("--eval-every", type=non_negative_int, default=S)
     train.add_argument("--checkpoint-every", type=non_negative_int, default=S)
-    train.add_argument("--train-limit", type=positive_int, default=S, help="use only this many training "
+    train.add_argument("--train-limit", type=positive_int, default=S, help="use only the first N training "
                        "records (synthetic: scenes)")
+    train.add_argument("--few-shot", type=positive_int, default=S, help="train on N examples (VQA: "
+                       "questions, captions: images) drawn with --seed; their ids go to few_shot_ids.json")
+    train.add_argument("--data-path", default=S, help="hub data: a local copy of the hub repository (its "
+                       "parquet files) or a data set saved with save_to_disk")
+    train.add_argument("--data-revision", default=S, help="hub data: the revision to read")
+    train.add_argument("--skip-bad-images", action="store_true", default=S,
+                       help="folder data: leave out records whose image is missing or unreadable")
     train.add_argument("--eval-limit", type=positive_int, default=S)
     train.add_argument("--eval-split", choices=("val", "test"), default=S)
     train.add_argument("--num-beams", "--beams", dest="num_beams", type=positive_int, default=S)
@@ -54,11 +61,17 @@ def run(args) -> int:
     from ..train import TrainSettings, train_model
 
     run = run_config(args)
+    if run.few_shot is not None and run.train_limit is not None:
+        raise ValueError("--few-shot and --train-limit both choose the training records; give one")
     config = run.petal_config()
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_model(run.model, out / "base", log=print)
     train_data = load_split(run, "train", run.train_limit, loaded.image_size)
+    if run.few_shot is not None:
+        from ..data.fewshot import take_few_shot
+
+        train_data = take_few_shot(train_data, run.few_shot, run.seed, out, resume=args.resume)
     eval_data = load_split(run, run.eval_split, run.eval_limit, loaded.image_size)
     import petal
 

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .instructions import CAPTION_TEMPLATES, FOCUS_INSTRUCTIONS, VQA_TEMPLATES
-from .sources import CAPTION_INSTRUCTION
+from .records import CAPTION_INSTRUCTION
 
 COLOURS = {
     "red": (0.90, 0.15, 0.15),
