@@ -142,13 +142,14 @@ def base_path(cache_dir: Union[str, Path, None] = None, spec: EmbeddedSpec = Emb
     return cache_root(cache_dir) / BASES_DIR / _fingerprint(spec, settings, embedded_tokenizer())
 
 
-def _cached(path: Path, fingerprint: str):
+def _cached(path: Path):
+    """The base cached at ``path`` (its name is the fingerprint), or None."""
     marker = path / "pretrain.json"
     try:
         info = json.loads(marker.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(info, dict) or info.get("fingerprint") != fingerprint:
+    if not isinstance(info, dict) or info.get("fingerprint") != path.name:
         return None
     model, tokenizer = load_base(path)
     return model, tokenizer, {**info, "cached": True, "path": str(path)}
@@ -160,25 +161,32 @@ def pretrain_base(cache_dir: Union[str, Path, None] = None, spec: EmbeddedSpec =
     """The embedded base model, pre-trained (all weights) on the base families; built once and cached in
     :func:`base_path` (``cache_dir``: the cache root, default :func:`cache_root`).
 
-    Processes that need the same base at once (``torchrun`` ranks, two runs) take a file lock: one
-    builds it (into a temporary directory renamed into place), the others wait and load it.
-    ``progress``: a progress bar while pre-training (None: when stderr is a terminal).
-    Returns ``(model, tokenizer, info)``; ``info["cached"]`` says whether the cache was used.
+    Processes that need it at once wait for one to build it: ``torchrun`` ranks for rank 0 (transformers
+    writes weights only on rank 0 of a process group), separate runs through a file lock; the builder
+    writes into a temporary directory renamed into place. ``progress``: a progress bar while
+    pre-training (None: when stderr is a terminal). Returns ``(model, tokenizer, info)``;
+    ``info["cached"]`` says whether the cache was used.
     """
+    from .distributed import launched_with_several_processes, process_state
+
+    path = base_path(cache_dir, spec, settings)
+    found = _cached(path)
+    if found is not None:
+        return found
+    if launched_with_several_processes():
+        with process_state().main_process_first():
+            return _build_once(path, spec, settings, log, progress)
+    return _build_once(path, spec, settings, log, progress)
+
+
+def _build_once(path: Path, spec: EmbeddedSpec, settings: PretrainSettings, log: Callable[[str], None],
+                progress: Optional[bool]):
     from filelock import FileLock, Timeout
 
     from .data.collate import WordCollator
     from .data.synthetic import SyntheticShapes
-    from .distributed import launched_with_several_processes, process_state
     from .train import TrainSettings, train_model
 
-    path = base_path(cache_dir, spec, settings)
-    fingerprint = path.name
-    found = _cached(path, fingerprint)
-    if found is not None:
-        return found
-    if launched_with_several_processes():
-        process_state()  # every process joins the group now, before one of them builds and the rest wait
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path) + ".lock")
     try:
@@ -187,7 +195,7 @@ def pretrain_base(cache_dir: Union[str, Path, None] = None, spec: EmbeddedSpec =
         log(f"waiting for another process that is pre-training the embedded base into {path}")
         lock.acquire()
     try:
-        found = _cached(path, fingerprint)
+        found = _cached(path)
         if found is not None:
             return found
         model, tokenizer = build_embedded_model(seed=settings.seed, spec=spec)
@@ -204,8 +212,8 @@ def pretrain_base(cache_dir: Union[str, Path, None] = None, spec: EmbeddedSpec =
             weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps, seed=settings.seed,
             progress=progress, checkpoint_every=0), log=log, distributed=False)
         model.eval()
-        tmp = path.with_name(f"{fingerprint}.tmp-{os.getpid()}")
-        save_base(model, tokenizer, tmp, {"fingerprint": fingerprint, "steps": settings.steps,
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        save_base(model, tokenizer, tmp, {"fingerprint": path.name, "steps": settings.steps,
                                           "final_loss": result.last_loss,
                                           "seconds": round(time.perf_counter() - start, 1)})
         _replace_dir(tmp, path)
