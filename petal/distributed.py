@@ -25,6 +25,15 @@ def launched_with_several_processes() -> bool:
     return launched_processes() > 1
 
 
+def single_process_of_accelerate_cpu() -> bool:
+    """``accelerate launch --cpu --num_processes N`` (N > 1) without MPI: accelerate's simple launcher
+    started this one process (it sets the rendezvous address for N, but not the world size)."""
+    env = os.environ
+    return (env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") and "MASTER_ADDR" in env
+            and "WORLD_SIZE" not in env
+            and not any(k in env for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")))
+
+
 def is_main_process() -> bool:
     """Rank 0 (known from the launcher's environment before the process group exists)."""
     return world()[0] == 0 if world()[1] > 1 else int(os.environ.get("RANK", "0")) == 0
@@ -150,4 +159,4 @@ def label_tokens(model: torch.nn.Module, labels: Optional[Tensor]) -> int:
 
 __all__ = ["GlobalBatchSampler", "barrier", "gather_objects", "gather_with_grad", "is_main_process",
            "label_tokens", "launched_processes", "launched_with_several_processes", "process_state",
-           "sum_across", "use_cpu_backend", "world"]
+           "single_process_of_accelerate_cpu", "sum_across", "use_cpu_backend", "world"]

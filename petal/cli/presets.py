@@ -23,10 +23,9 @@ def run(args) -> int:
         model = copy.deepcopy(base)
         try:
             petal.patch(model, petal.PetalConfig.from_preset(name))
-            n = petal.trainable_parameters(model).trainable
-            rows.append([name, petal.PRESETS[name].method, fmt_count(n, total)])
+            rows.append([name, petal.PRESETS[name].method, fmt_count(petal.trainable_parameters(model))])
         except Exception as e:  # noqa: BLE001 - report and keep listing
             rows.append([name, petal.PRESETS[name].method, f"n/a ({type(e).__name__}: {e})"])
     print(f"presets on the embedded model ({total:,} parameters before patching):")
-    print(table(["preset", "method", "trainable params (% of the unpatched model)"], rows))
+    print(table(["preset", "method", "trainable params (% of all parameters after patching)"], rows))
     return 0
