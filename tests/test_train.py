@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -201,3 +202,42 @@ def test_cli_presets_lists_trainable_counts(capsys):
     assert {"petal", "lora", "vl-pet-large", "petal-official"} <= set(rows)
     counts = {name: int(line.split()[2].replace(",", "")) for name, line in rows.items()}
     assert 0 < counts["petal-dma-only"] < counts["petal-no-sib"] < counts["petal"]
+
+
+def test_resume_cuts_metrics_back_to_the_checkpoint(tmp_path, base_dir, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--model", str(base_dir), "--families", "colour", "--batch-size", "4", "--train-limit",
+            "8", "--eval-limit", "4", "--num-beams", "1", "--max-new-tokens", "2", "--no-progress",
+            "--output-dir", str(run), "--keep-checkpoints", "5", "--checkpoint-every", "2"]
+    assert main([*args, "--max-steps", "3"]) == 0
+    # a crash after step 3 was logged but before its checkpoint was complete: step-2 is the newest
+    shutil.rmtree(run / "checkpoints" / "step-00000003")
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 3]  # 3 steps and the final evaluation
+    assert main(["train", "--output-dir", str(run), "--resume", "--no-progress"]) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in lines] == [1, 2, 3, 3] and "eval" in lines[-1]
+    assert not [p for p in run.iterdir() if p.name.startswith(".metrics")]  # the temporary file is gone
+    assert "resumed from" in capsys.readouterr().out
+
+
+def test_limits_count_records(tmp_path, base_dir, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--model", str(base_dir), "--max-steps", "1", "--batch-size", "4",
+                 "--train-limit", "9", "--eval-limit", "6", "--num-beams", "1", "--max-new-tokens", "2",
+                 "--no-progress", "--output-dir", str(run)])
+    assert code == 0 and "9 train / 6 val records" in capsys.readouterr().out
+    assert main(["eval", "--adapter", str(run / "adapter"), "--limit", "5", "--beams", "1",
+                 "--max-new-tokens", "2"]) == 0
+    assert "(5 records, beam 1)" in capsys.readouterr().out
+
+
+def test_presets_and_train_print_the_same_percentage(tmp_path, capsys):
+    assert main(["presets"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("petal "))
+    share = row.split()[-1]  # "(17.8%)"
+    assert main(["train", "--model", "embedded", "--pretrain-steps", "5", "--max-steps", "1",
+                 "--batch-size", "4", "--train-limit", "4", "--eval-limit", "2", "--num-beams", "1",
+                 "--max-new-tokens", "2", "--no-progress", "--output-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert f"{row.split()[2]} {share} trainable parameters" in out, (row, out)

@@ -64,15 +64,18 @@ def add_parser(sub) -> None:
     add_model_flags(train)
 
 
-def _settings(run, progress):
+def _settings(run, progress, source: str):
     from ..train import TrainSettings
 
-    return TrainSettings(
-        epochs=run.epochs, max_steps=run.max_steps, batch_size=run.batch_size, lr=run.lr,
-        weight_decay=run.weight_decay, warmup_steps=run.warmup_steps, max_grad_norm=run.max_grad_norm,
-        gradient_accumulation_steps=run.gradient_accumulation_steps, seed=run.seed, eval_every=run.eval_every,
-        checkpoint_every=run.checkpoint_every, keep_checkpoints=run.keep_checkpoints,
-        mixed_precision=run.mixed_precision, progress=progress)
+    try:
+        return TrainSettings(
+            epochs=run.epochs, max_steps=run.max_steps, batch_size=run.batch_size, lr=run.lr,
+            weight_decay=run.weight_decay, warmup_steps=run.warmup_steps, max_grad_norm=run.max_grad_norm,
+            gradient_accumulation_steps=run.gradient_accumulation_steps, seed=run.seed,
+            eval_every=run.eval_every, checkpoint_every=run.checkpoint_every,
+            keep_checkpoints=run.keep_checkpoints, mixed_precision=run.mixed_precision, progress=progress)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def _check_resume(run, config, out: Path, checkpoint: Path) -> None:
@@ -111,7 +114,7 @@ def run(args) -> int:
     # ---- everything that can refuse the run, before anything is written or pre-trained
     run, source = run_config(args)
     config = run.petal_config(source)
-    settings = _settings(run, args.progress)
+    settings = _settings(run, args.progress, source)
     out = Path(run.output_dir)
     processes = dist.launched_processes()
     checkpoint = check_output_dir(out, args.resume, settings, processes)
