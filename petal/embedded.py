@@ -210,7 +210,7 @@ def _build_once(path: Path, spec: EmbeddedSpec, settings: PretrainSettings, log:
         result = train_model(model, data, collator, TrainSettings(
             max_steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
             weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps, seed=settings.seed,
-            progress=progress, checkpoint_every=0), log=log, distributed=False)
+            progress=progress, checkpoint_every=0), log=log, distributed=False, desc="pre-train base")
         model.eval()
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         save_base(model, tokenizer, tmp, {"fingerprint": path.name, "steps": settings.steps,

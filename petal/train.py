@@ -213,7 +213,8 @@ def train_model(model: torch.nn.Module, dataset: Dataset, collator: Callable, se
                 output_dir: Union[str, Path, None] = None, resume: bool = False,
                 eval_fn: Optional[Callable[[torch.nn.Module], dict]] = None,
                 on_step: Optional[Callable[[int, dict], None]] = None,
-                log: Callable[[str], None] = print, distributed: bool = True) -> TrainResult:
+                log: Callable[[str], None] = print, distributed: bool = True,
+                desc: str = "train") -> TrainResult:
     """Train the parameters of ``model`` that require grad; returns the losses and evaluations.
 
     ``eval_fn(model) -> dict`` runs every ``settings.eval_every`` steps and at the end (on every process;
@@ -221,7 +222,8 @@ def train_model(model: torch.nn.Module, dataset: Dataset, collator: Callable, se
     step (a ``KeyboardInterrupt`` raised there is handled like Ctrl-C). With ``output_dir`` checkpoints
     are written (see :mod:`petal.checkpoints`) and ``metrics.jsonl`` records the losses and evaluations.
     ``distributed=False`` trains in this process alone even when it belongs to a process group (the
-    embedded base's pre-training, done by one process while the others wait).
+    embedded base's pre-training, done by one process while the others wait). ``desc`` labels the
+    progress bar.
     """
     from accelerate.utils import send_to_device, set_seed
     from tqdm.auto import tqdm
@@ -327,7 +329,7 @@ def train_model(model: torch.nn.Module, dataset: Dataset, collator: Callable, se
                             dtype=torch.float64)
 
     show = settings.show_progress() and main
-    progress = tqdm(total=total, initial=step, disable=not show, desc="train", dynamic_ncols=True,
+    progress = tqdm(total=total, initial=step, disable=not show, desc=desc, dynamic_ncols=True,
                     file=sys.stderr)
     model.train()
     last_saved = step if result.resumed_from is not None else None

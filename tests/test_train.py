@@ -1,5 +1,6 @@
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -241,3 +242,10 @@ def test_presets_and_train_print_the_same_percentage(tmp_path, capsys):
                  "--max-new-tokens", "2", "--no-progress", "--output-dir", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert f"{row.split()[2]} {share} trainable parameters" in out, (row, out)
+
+
+def test_progress_bar_by_default_only_in_a_terminal(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert TrainSettings().show_progress() and not TrainSettings(progress=False).show_progress()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert not TrainSettings().show_progress() and TrainSettings(progress=True).show_progress()
