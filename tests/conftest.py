@@ -21,3 +21,12 @@ def petal_cache(tmp_path_factory):
         os.environ.pop("PETAL_CACHE", None)
     else:
         os.environ["PETAL_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is faster, and keeps a shared machine usable (per module, on request)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,6 +3,7 @@ launched by torchrun, compared with one process."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,13 @@ def test_two_processes_train_like_one_with_the_global_batch(tmp_path):
     rngs = torch.load(last / "training_state.pt", weights_only=False)["rng"]
     assert len(rngs) == 2  # each process's RNG, for an exact resume
     assert (tmp_path / "two" / "adapter" / "adapter_model.safetensors").is_file()
+
+    # the 2-process run interrupted after step 4's checkpoint (step 5 logged, its checkpoint lost)
+    # resumes on 2 processes to the same step 5, logging every step once
+    shutil.rmtree(last)
+    _run(_torchrun(*common[:2], "train", "--output-dir", str(tmp_path / "two"), "--resume", "--no-progress"),
+         cache)
+    assert _losses(tmp_path / "two") == curve2
 
 
 @pytest.mark.slow

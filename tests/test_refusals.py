@@ -5,20 +5,13 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from petal.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = ["--model", "embedded", "--pretrain-steps", "5", "--batch-size", "4", "--train-limit", "8",
         "--eval-limit", "4", "--num-beams", "1", "--max-new-tokens", "2", "--no-progress"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster, and keeps a shared machine usable
-    yield
-    torch.set_num_threads(threads)
 
 
 def snapshot(path):

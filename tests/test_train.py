@@ -13,6 +13,8 @@ from petal.data.synthetic import SyntheticShapes
 from petal.embedded import EmbeddedSpec, build_embedded_model, save_base
 from petal.train import TrainSettings, latest_checkpoint, list_checkpoints, train_model, write_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SPEC = EmbeddedSpec(vision_hidden=32, qformer_hidden=32, lm_hidden=32, num_query_tokens=4, vision_layers=1,
                     qformer_layers=1, lm_layers=1)
 SMALL = petal.PetalConfig(dma=petal.DMAConfig(rank=8), aim=petal.AIMConfig(num_experts=2, expert_rank=8),
@@ -24,14 +26,6 @@ def _patched(adapter_seed=0):
     torch.manual_seed(adapter_seed + 1)
     petal.patch(model, SMALL)
     return model, tok
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster, and keeps a shared machine usable
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
