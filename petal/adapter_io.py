@@ -36,7 +36,7 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def _sharded(model: nn.Module) -> bool:
+def is_sharded(model: nn.Module) -> bool:
     """FSDP2 (``fully_shard``): parameters are DTensor shards. FSDP1's flat parameters are refused."""
     try:
         from torch.distributed.fsdp import FullyShardedDataParallel
@@ -63,7 +63,7 @@ def adapter_state_dict(model: nn.Module) -> dict:
     collective (every process calls it; rank 0 gets the tensors, the others an empty dict)."""
     inner = unwrap(model)
     _state(inner)
-    if not _sharded(model):
+    if not is_sharded(model):
         params = dict(inner.named_parameters())
         return {n: params[n].detach().contiguous() for n in _trainable_names(inner)}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -163,7 +163,7 @@ def load_adapter(model: nn.Module, path: Union[str, Path]) -> nn.Module:
         if value.shape != params[name].shape:
             raise ValueError(f"adapter tensor {name} in {path / WEIGHTS_NAME} has shape "
                              f"{tuple(value.shape)}, the model's has {tuple(params[name].shape)}")
-    if _sharded(model):
+    if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         set_model_state_dict(model, saved, options=StateDictOptions(full_state_dict=True, strict=False))

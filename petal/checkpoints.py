@@ -22,6 +22,8 @@ from typing import Optional, Union
 
 import torch
 
+from .adapter_io import is_sharded
+
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -59,12 +61,6 @@ def read_trainer_state(checkpoint: Path) -> dict:
     return info
 
 
-def _sharded(model: torch.nn.Module) -> bool:
-    from .adapter_io import _sharded as sharded
-
-    return sharded(model)
-
-
 def model_state(model: torch.nn.Module) -> dict:
     """The trainable tensors to checkpoint: a petal adapter's, else every weight that requires grad.
     Under FSDP2 this gathers the shards (call it on every process)."""
@@ -74,7 +70,7 @@ def model_state(model: torch.nn.Module) -> dict:
 
     if petal.is_patched(unwrap(model)):
         return adapter_state_dict(model)
-    if _sharded(model):
+    if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
@@ -84,7 +80,7 @@ def model_state(model: torch.nn.Module) -> dict:
 
 def optimizer_state(model: torch.nn.Module, optimizer) -> dict:
     """The optimizer's state dict; under FSDP2 gathered into full tensors (call it on every process)."""
-    if not _sharded(model):
+    if not is_sharded(model):
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -93,7 +89,7 @@ def optimizer_state(model: torch.nn.Module, optimizer) -> dict:
 
 
 def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
-    if not _sharded(model):
+    if not is_sharded(model):
         optimizer.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -139,7 +135,7 @@ def load_model_state(model: torch.nn.Module, path: Path) -> None:
     unknown = sorted(set(saved) - set(params))
     if unknown:
         raise ValueError(f"{path} holds weights this model does not have: {unknown[:5]}")
-    if _sharded(model):
+    if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         set_model_state_dict(model, saved, options=StateDictOptions(full_state_dict=True, strict=False))

@@ -181,12 +181,13 @@ def _evaluate(model, data, loaded, run) -> dict:
     from torch.utils.data import Subset
 
     from .. import distributed as dist
+    from ..adapter_io import is_sharded
     from ..evaluate import evaluate, score_rows
 
     rank, size = dist.world()
     bs = max(run.batch_size, 16)
     kwargs = dict(batch_size=bs, num_beams=run.num_beams, max_new_tokens=run.max_new_tokens)
-    if size == 1:
+    if size == 1 or is_sharded(model):  # FSDP: every forward is a collective, so all take the same batches
         r = evaluate(model, data, loaded.eval_collator, loaded.decode, **kwargs)
         return {"loss": r["loss"], **{k: v for k, v in r["metrics"].items() if k != "by_family"}}
     starts = range(rank * bs, len(data), size * bs)
