@@ -243,3 +243,13 @@ def test_progress_bar_by_default_only_in_a_terminal(monkeypatch):
     assert TrainSettings().show_progress() and not TrainSettings(progress=False).show_progress()
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     assert not TrainSettings().show_progress() and TrainSettings(progress=True).show_progress()
+
+
+def test_accelerate_launch_mixed_precision_applies_unless_the_flag_is_given(monkeypatch):
+    from petal.cli import build_parser
+    from petal.cli.common import run_config
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # as `accelerate launch --mixed_precision bf16`
+    parse = build_parser().parse_args
+    assert run_config(parse(["train"]))[0].mixed_precision == "bf16"
+    assert run_config(parse(["train", "--mixed-precision", "no"]))[0].mixed_precision == "no"

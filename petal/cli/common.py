@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -55,13 +56,18 @@ def run_config(args):
 
     explicit = {k: v for k, v in vars(args).items() if k in RunConfig.keys()}
     out = Path(explicit.get("output_dir", RunConfig.output_dir))
-    source = "the flags"
+    source, given = "the flags", set(explicit)
     if args.config:
         base, source = RunConfig.from_file(args.config).to_dict(), args.config
+        given |= set(json.loads(Path(args.config).read_text()))
     elif args.resume and (out / RUN_FILE).is_file():
         base, source = RunConfig.from_file(out / RUN_FILE, what="run file").to_dict(), str(out / RUN_FILE)
+        given |= set(base)
     else:
         base = RunConfig().to_dict()
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if "mixed_precision" not in given and launched in ("fp16", "bf16"):
+        base["mixed_precision"] = launched  # accelerate launch --mixed_precision, if petal's flag is absent
     base.update(explicit)
     if "preset" in explicit:
         base["petal"] = None  # an explicit --preset replaces a config file's full petal section
