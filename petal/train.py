@@ -9,8 +9,8 @@ tokens and the SIB loss draws its negatives from the global batch, so N processe
 process takes with the global batch. Only the main process writes; logged losses are global means.
 
 ``resume=True`` continues from the newest complete checkpoint with the same data order, so an
-interrupted run ends where an uninterrupted one would. Ctrl-C saves a checkpoint, then re-raises
-``KeyboardInterrupt``.
+interrupted run ends where an uninterrupted one would. Ctrl-C saves a checkpoint (with one process;
+several keep their newest periodic one), then re-raises ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
@@ -371,9 +371,13 @@ def train_model(model: torch.nn.Module, dataset: Dataset, collator: Callable, se
                 committed.update(epoch=epoch, batches_done=0)
     except KeyboardInterrupt:
         progress.close()
-        if output_dir is not None and last_saved != step:
+        if output_dir is not None and last_saved != step and not several:
             log(f"interrupted at step {step}: saving a checkpoint")
             checkpoint({"interrupted": True})
+        elif output_dir is not None and several:
+            # the processes were interrupted at different points: a checkpoint's collectives would pair
+            # with whatever each one was doing, so the newest periodic checkpoint is the one to resume
+            log(f"interrupted at step {step}: resume from the newest periodic checkpoint")
         raise
     progress.close()
     model.eval()

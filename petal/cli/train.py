@@ -109,7 +109,7 @@ def run(args) -> int:
 
     from .. import distributed as dist
     from ..runs import load_model, resolve_model
-    from ..train import check_data, check_output_dir, train_model
+    from ..train import check_data, check_output_dir, latest_checkpoint, train_model
 
     # ---- everything that can refuse the run, before anything is written or pre-trained
     run, source = run_config(args)
@@ -158,9 +158,12 @@ def run(args) -> int:
         result = train_model(model, train_data, loaded.train_collator, settings, output_dir=out,
                              resume=args.resume, eval_fn=eval_fn, log=say)
     except KeyboardInterrupt:
-        if main:
-            print(f"\ninterrupted: a checkpoint is in {out / 'checkpoints'}; continue with "
+        newest = latest_checkpoint(out)
+        if main and newest is not None:
+            print(f"\ninterrupted: the newest checkpoint is {newest}; continue with "
                   f"`petal train --output-dir {out} --resume`", file=sys.stderr)
+        elif main:
+            print("\ninterrupted before the first checkpoint", file=sys.stderr)
         return 130
     petal.save_adapter(model, out / "adapter")  # with several processes, rank 0 writes
     final = result.evals[-1][1] if result.evals else {}
