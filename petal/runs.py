@@ -86,7 +86,7 @@ class RunConfig:
     def from_file(cls, path: Union[str, Path], what: str = "--config") -> RunConfig:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"{what} {path} does not exist")
+            raise ValueError(f"{what} {path} {'is not a file' if path.exists() else 'does not exist'}")
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
