@@ -50,9 +50,6 @@ from .checkpoints import (
 from .data.collate import model_inputs
 from .distributed import GlobalBatchSampler
 
-# the sampler's old name: the order is the same
-EpochSampler = GlobalBatchSampler
-
 
 @dataclass
 class TrainSettings:
@@ -397,6 +394,6 @@ def _step_logs(sums: torch.Tensor, count: int, lr: float) -> dict:
     return logs
 
 
-__all__ = ["CHECKPOINT_DIR", "EpochSampler", "TrainResult", "TrainSettings", "check_data", "check_output_dir",
-           "latest_checkpoint", "list_checkpoints", "load_model_state", "save_model_state", "train_model",
-           "write_checkpoint"]
+__all__ = ["CHECKPOINT_DIR", "GlobalBatchSampler", "TrainResult", "TrainSettings", "check_data",
+           "check_output_dir", "latest_checkpoint", "list_checkpoints", "load_model_state",
+           "save_model_state", "train_model", "write_checkpoint"]
