@@ -24,13 +24,20 @@ COMPAT_TESTS := tests/test_compat.py tests/test_patch_qformer.py tests/test_qfor
 setup: $(STAMP)
 
 $(STAMP): $(SOURCES)
+	@echo "== petal setup: a virtual environment in $(VENV), once (later runs skip this)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@echo "== installing $(TORCH) and build tools (seconds from a local wheel cache; torch is a 200 MB-2 GB download otherwise)"
 	$(PY) -m pip install -q "$(TORCH)" setuptools wheel ninja numpy
+	@echo "== installing petal with its extras [$(EXTRAS)] and compiling the C++ kernels petal_kernels._C"
+	@echo "   (about 2.5 min on 2 cores with MAX_JOBS=$${MAX_JOBS:-2}; pip prints nothing until it is done)"
 	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install -q --no-build-isolation -e ".[$(EXTRAS)]"
 	touch $(STAMP)
+	@echo "== petal setup done"
 
 demo: setup
+	@echo '== petal demo: pre-trains the embedded base once per machine (about 40 s, then cached in'
+	@echo '   $$PETAL_CACHE or ~/.cache/petal), then tunes it with PETAL (about 1-2 min on a laptop CPU)'
 	$(PY) -m petal demo
 
 test: setup

@@ -6,7 +6,9 @@ vocabulary of :mod:`petal.data.tokenizer` (shared by the Q-Former and the T5).
 
 A frozen *random* vision encoder and LM make adapter tuning meaningless, so the embedded base model is
 first pre-trained by full fine-tuning on the synthetic colour questions ("what colour is the circle?"),
-standard camera (:func:`pretrain_base`, cached under the run directory). The demo then moves it to a
+standard camera (:func:`pretrain_base`), once per machine: the result is cached under the user's cache
+directory (:func:`cache_root`), keyed by a fingerprint of everything that defines it, and shared by
+``petal demo``, ``train`` and ``eval``. The demo then moves it to a
 camera it never saw, whose colour channels are rotated (``domain="rotated"``: red objects look blue):
 the base answers those questions badly, and PETAL adapts its Q-Former — vision encoder and T5 frozen —
 to the new camera.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +31,8 @@ from .data.tokenizer import WordTokenizer, embedded_tokenizer
 
 BASE_FAMILIES = ("colour",)
 DEMO_DOMAIN = "rotated"
+# for the log's estimate: 800 pre-training steps took 35-48 s on one thread of a shared 2-core CPU
+PRETRAIN_SECONDS_PER_STEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -116,42 +121,106 @@ def load_base(path: Union[str, Path]):
     return model.eval(), tokenizer
 
 
-def pretrain_base(cache_dir: Union[str, Path], spec: EmbeddedSpec = EmbeddedSpec(),
-                  settings: PretrainSettings = PretrainSettings(), log: Callable[[str], None] = print):
-    """The embedded base model, pre-trained (all weights) on the base families; cached in ``cache_dir``.
+CACHE_ENV = "PETAL_CACHE"
+BASES_DIR = "embedded-base"
 
-    Returns ``(model, tokenizer, info)``; ``info["cached"]`` says whether the cache was used.
+
+def cache_root(override: Union[str, Path, None] = None) -> Path:
+    """Where petal caches what it builds: ``override`` (``--cache-dir``), else ``$PETAL_CACHE``, else
+    ``$XDG_CACHE_HOME/petal``, else ``~/.cache/petal``."""
+    if override is not None:
+        return Path(override).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "petal"
+
+
+def base_path(cache_dir: Union[str, Path, None] = None, spec: EmbeddedSpec = EmbeddedSpec(),
+              settings: PretrainSettings = PretrainSettings()) -> Path:
+    """The cache entry of the base that ``spec`` and ``settings`` define."""
+    return cache_root(cache_dir) / BASES_DIR / _fingerprint(spec, settings, embedded_tokenizer())
+
+
+def _cached(path: Path):
+    """The base cached at ``path`` (its name is the fingerprint), or None."""
+    marker = path / "pretrain.json"
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("fingerprint") != path.name:
+        return None
+    model, tokenizer = load_base(path)
+    return model, tokenizer, {**info, "cached": True, "path": str(path)}
+
+
+def pretrain_base(cache_dir: Union[str, Path, None] = None, spec: EmbeddedSpec = EmbeddedSpec(),
+                  settings: PretrainSettings = PretrainSettings(), log: Callable[[str], None] = print,
+                  progress: Optional[bool] = None):
+    """The embedded base model, pre-trained (all weights) on the base families; built once and cached in
+    :func:`base_path` (``cache_dir``: the cache root, default :func:`cache_root`).
+
+    Processes that need it at once wait for one to build it: ``torchrun`` ranks for rank 0 (transformers
+    writes weights only on rank 0 of a process group), separate runs through a file lock; the builder
+    writes into a temporary directory renamed into place. ``progress``: a progress bar while
+    pre-training (None: when stderr is a terminal). Returns ``(model, tokenizer, info)``;
+    ``info["cached"]`` says whether the cache was used.
     """
+    from .distributed import launched_with_several_processes, process_state
+
+    path = base_path(cache_dir, spec, settings)
+    found = _cached(path)
+    if found is not None:
+        return found
+    if launched_with_several_processes():
+        with process_state().main_process_first():
+            return _build_once(path, spec, settings, log, progress)
+    return _build_once(path, spec, settings, log, progress)
+
+
+def _build_once(path: Path, spec: EmbeddedSpec, settings: PretrainSettings, log: Callable[[str], None],
+                progress: Optional[bool]):
+    from filelock import FileLock, Timeout
+
     from .data.collate import WordCollator
     from .data.synthetic import SyntheticShapes
     from .train import TrainSettings, train_model
 
-    cache_dir = Path(cache_dir)
-    tokenizer = embedded_tokenizer()
-    fingerprint = _fingerprint(spec, settings, tokenizer)
-    marker = cache_dir / "pretrain.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
-        model, tokenizer = load_base(cache_dir)
-        return model, tokenizer, {**json.loads(marker.read_text()), "cached": True}
-
-    model, tokenizer = build_embedded_model(tokenizer, seed=settings.seed, spec=spec)
-    model.requires_grad_(True)
-    data = SyntheticShapes("train", seed=settings.data_seed, families=BASE_FAMILIES,
-                           image_size=spec.image_size)
-    collator = WordCollator(tokenizer, spec.num_query_tokens, spec.image_size)
-    start = time.perf_counter()
-    log(f"pre-training the embedded base model ({settings.steps} steps, all weights) -> {cache_dir}")
-    result = train_model(model, data, collator, TrainSettings(
-        max_steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
-        weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps, seed=settings.seed,
-        progress=False, checkpoint_every=0))
-    model.eval()
-    tmp = cache_dir.with_name(cache_dir.name + ".tmp")
-    save_base(model, tokenizer, tmp, {"fingerprint": fingerprint, "steps": settings.steps,
-                                        "final_loss": result.last_loss,
-                                        "seconds": round(time.perf_counter() - start, 1)})
-    _replace_dir(tmp, cache_dir)
-    return model, tokenizer, {**json.loads(marker.read_text()), "cached": False}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"waiting for another process that is pre-training the embedded base into {path}")
+        lock.acquire()
+    try:
+        found = _cached(path)
+        if found is not None:
+            return found
+        model, tokenizer = build_embedded_model(seed=settings.seed, spec=spec)
+        model.requires_grad_(True)
+        data = SyntheticShapes("train", seed=settings.data_seed, families=BASE_FAMILIES,
+                               image_size=spec.image_size)
+        collator = WordCollator(tokenizer, spec.num_query_tokens, spec.image_size)
+        start = time.perf_counter()
+        log(f"pre-training the embedded base model once for this machine ({settings.steps} steps, all "
+            f"weights; about {max(1, round(settings.steps * PRETRAIN_SECONDS_PER_STEP))} s on one CPU "
+            f"thread) -> {path}")
+        result = train_model(model, data, collator, TrainSettings(
+            max_steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
+            weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps, seed=settings.seed,
+            progress=progress, checkpoint_every=0), log=log, distributed=False, desc="pre-train base")
+        model.eval()
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        save_base(model, tokenizer, tmp, {"fingerprint": path.name, "steps": settings.steps,
+                                          "final_loss": result.last_loss,
+                                          "seconds": round(time.perf_counter() - start, 1)})
+        _replace_dir(tmp, path)
+        info = json.loads((path / "pretrain.json").read_text())
+        return model, tokenizer, {**info, "cached": False, "path": str(path)}
+    finally:
+        lock.release()
 
 
 def save_base(model, tokenizer: WordTokenizer, path: Union[str, Path], info: dict) -> None:
@@ -197,5 +266,5 @@ def _replace_dir(src: Path, dst: Path) -> None:
         src.rename(dst)
 
 
-__all__ = ["BASE_FAMILIES", "DEMO_DOMAIN", "EmbeddedSpec", "PretrainSettings", "build_embedded_model",
-           "embedded_config", "load_base", "pretrain_base", "save_base"]
+__all__ = ["BASE_FAMILIES", "CACHE_ENV", "DEMO_DOMAIN", "EmbeddedSpec", "PretrainSettings", "base_path",
+           "build_embedded_model", "cache_root", "embedded_config", "load_base", "pretrain_base", "save_base"]

@@ -10,7 +10,8 @@
   (Donsker-Varadhan with a statistics network; marginals by rolling the batch).
 
 A patched model called with ``labels`` adds ``weight · L_SIB`` to its loss and reports ``sib_loss``
-(and ``lm_loss``) on the output.
+(and ``lm_loss``) on the output. Under distributed training the in-batch negatives come from every
+process's batch (features gathered with gradients), so N processes compute the global batch's loss.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ESTIMATORS, SIBConfig
+from .distributed import gather_with_grad
 
 
 def infonce(a: Tensor, b: Tensor, temperature: float = 0.1) -> Tensor:
@@ -119,7 +121,12 @@ def target_representation(embedding: nn.Module, labels: Tensor) -> Tensor:
 
 
 def sib_forward_hook(model: nn.Module, args, kwargs, output):
-    """Forward hook of a patched InstructBLIP / BLIP-2: adds ``weight · L_SIB`` when called with labels."""
+    """Forward hook of a patched InstructBLIP / BLIP-2: adds ``weight · L_SIB`` when called with labels.
+
+    In distributed training (a process group, gradients on) the features of every process's batch are
+    gathered first, so the in-batch negatives are the global batch's and every process computes the
+    loss one process would compute on the global batch (``output["sib_term"]`` keeps ``weight · L_SIB``
+    with its graph, for the training loop's reweighting of the LM part)."""
     labels = kwargs.get("labels")
     if labels is None or getattr(output, "qformer_outputs", None) is None:
         return None
@@ -131,11 +138,15 @@ def sib_forward_hook(model: nn.Module, args, kwargs, output):
     vision = output.vision_outputs
     x = (vision.last_hidden_state if hasattr(vision, "last_hidden_state") else vision[0]).mean(dim=1)
     y = target_representation(model.get_input_embeddings(), labels)
-    sib = head(z.float(), y.float(), x.float(), z_lm.float())
+    features = [z.float(), y.float(), x.float(), z_lm.float()]
+    if torch.is_grad_enabled():
+        features = [gather_with_grad(f) for f in features]
+    sib = head(*features)
     output["sib_loss"] = sib.detach()
     if output.loss is not None:
         output["lm_loss"] = output.loss.detach()
-        output.loss = output.loss + head.weight * sib
+        output["sib_term"] = head.weight * sib
+        output.loss = output.loss + output["sib_term"]
     return output
 
 

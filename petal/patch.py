@@ -277,7 +277,10 @@ def unmerge(model: nn.Module) -> nn.Module:
 
 
 class TrainableParameters:
-    """Trainable parameters grouped by name pattern (layer indices folded to ``*``)."""
+    """Trainable parameters grouped by name pattern (layer indices folded to ``*``).
+
+    ``total`` counts every parameter of the patched model once (adapters included, as ``peft`` counts);
+    it is the one denominator of every trainable percentage petal prints (:attr:`percent`)."""
 
     def __init__(self, model: nn.Module):
         self.groups: OrderedDict[str, list] = OrderedDict()
@@ -301,6 +304,16 @@ class TrainableParameters:
     def count(self) -> int:
         return self.trainable
 
+    @property
+    def percent(self) -> float:
+        """Trainable share of all parameters, in percent."""
+        return 100.0 * self.trainable / self.total if self.total else 0.0
+
+    @property
+    def percent_text(self) -> str:
+        """:attr:`percent` to three significant digits: ``17.8%``, ``0.0251%``."""
+        return f"{self.percent:.3g}%"
+
     def __int__(self) -> int:
         return self.trainable
 
@@ -308,8 +321,7 @@ class TrainableParameters:
         width = max([len(k) for k in self.groups] + [9])
         lines = [f"{'parameter':<{width}}  {'tensors':>7}  {'count':>12}"]
         lines += [f"{k:<{width}}  {n:>7}  {c:>12,}" for k, (n, c) in self.groups.items()]
-        pct = 100.0 * self.trainable / self.total if self.total else 0.0
-        lines.append(f"trainable: {self.trainable:,} of {self.total:,} ({pct:.3f}%)")
+        lines.append(f"trainable: {self.trainable:,} of {self.total:,} ({self.percent_text})")
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -4,6 +4,7 @@ decoder, and the run configuration saved as ``run.json`` (flags and ``--config``
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -24,7 +25,7 @@ class RunConfig:
     lr: float = 2e-5
     weight_decay: float = 0.02
     warmup_steps: Optional[int] = None
-    batch_size: int = 16
+    batch_size: int = 16                # per process
     max_grad_norm: float = 1.0
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "no"
@@ -32,15 +33,16 @@ class RunConfig:
     eval_every: int = 0
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
-    train_limit: Optional[int] = None
+    train_limit: Optional[int] = None   # records
     few_shot: Optional[int] = None      # train on this many examples drawn with the seed (petal.data.fewshot)
     data_path: Optional[str] = None     # hub data: a local copy of the repository or a saved data set
     data_revision: Optional[str] = None  # hub data: the revision to read
     skip_bad_images: bool = False       # folder data: leave out records whose image is missing or unreadable
-    eval_limit: Optional[int] = None
+    eval_limit: Optional[int] = None    # records
     eval_split: str = "val"
     num_beams: int = 5
     max_new_tokens: int = 20
+    pretrain_steps: Optional[int] = None  # embedded model: steps of the base's pre-training (None: 800)
     output_dir: str = "runs/train"
     extra: dict = field(default_factory=dict)
 
@@ -55,17 +57,44 @@ class RunConfig:
         unknown = sorted(set(data) - set(cls.keys()))
         if unknown:
             raise ValueError(f"{source}: unknown keys {unknown}; known keys are {cls.keys()}")
-        return cls(**data)
+        hints = typing.get_type_hints(cls)
+        for key, value in data.items():
+            if not _has_type(value, hints[key]):
+                raise ValueError(f"{source}: {key} must be {_type_name(hints[key])}, got {value!r}")
+        config = cls(**data)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "run config") -> None:
+        """Values the flags' parsers would refuse, refused here for config files too."""
+        from .data.synthetic import DOMAINS, FAMILIES, SPLITS
+
+        def bad(key: str, expected: str):
+            raise ValueError(f"{source}: {key} must be {expected}, got {getattr(self, key)!r}")
+
+        for key in ("num_beams", "max_new_tokens", "train_limit", "eval_limit", "pretrain_steps"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                bad(key, "a positive integer")
+        if self.domain not in DOMAINS:
+            bad("domain", f"one of {DOMAINS}")
+        if self.eval_split not in SPLITS[1:]:
+            bad("eval_split", f"one of {SPLITS[1:]}")
+        if self.families is not None and (not self.families or any(f not in FAMILIES for f in self.families)):
+            bad("families", f"a non-empty list drawn from {FAMILIES}")
+        if self.data != "synthetic" and (self.families is not None or self.domain != "standard"):
+            raise ValueError(f"{source}: families and domain describe the synthetic data; --data is "
+                             f"{self.data!r}")
 
     @classmethod
-    def from_file(cls, path: Union[str, Path]) -> RunConfig:
+    def from_file(cls, path: Union[str, Path], what: str = "--config") -> RunConfig:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"--config {path} does not exist")
+            raise ValueError(f"{what} {path} {'is not a file' if path.exists() else 'does not exist'}")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--config {path} is not valid JSON ({e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{what} {path} is not valid JSON ({e})") from None
         return cls.from_dict(data, str(path))
 
     def to_dict(self) -> dict:
@@ -76,12 +105,41 @@ class RunConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
-    def petal_config(self):
+    def petal_config(self, source: str = "the run config"):
+        """The PetalConfig of the run, validated (an invalid ``petal`` section names ``source``)."""
         import petal
 
-        if self.petal is not None:
-            return petal.PetalConfig.from_dict(self.petal)
-        return petal.PetalConfig.from_preset(self.preset)
+        try:
+            config = (petal.PetalConfig.from_dict(self.petal) if self.petal is not None
+                      else petal.PetalConfig.from_preset(self.preset))
+            config.validate()
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            what = "its petal section" if self.petal is not None else f"preset {self.preset!r}"
+            raise ValueError(f"{source}: {what} is not a valid petal config ({e})") from None
+        return config
+
+
+def _has_type(value, hint) -> bool:
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return any(_has_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def _type_name(hint) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is Union:
+        return f"{_type_name(args[0])} or null"
+    return {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object"}.get(
+        typing.get_origin(hint) or hint, str(hint))
 
 
 def find_run_config(adapter_dir: Union[str, Path]) -> Optional[Path]:
@@ -106,55 +164,88 @@ class LoadedModel:
     info: dict = field(default_factory=dict)
 
 
-def load_model(spec: str, base_dir: Union[str, Path], log: Callable[[str], None] = print,
-               max_length: int = 32) -> LoadedModel:
-    """``embedded`` (the pre-trained embedded base, cached in ``base_dir``), a folder holding a cached
-    embedded base, or a Hugging Face InstructBLIP / BLIP-2 checkpoint (local path or hub name)."""
-    from .data.collate import WordCollator
+@dataclass
+class ModelSpec:
+    """What ``--model`` names, found without loading weights (so a run can be checked first)."""
 
-    path = Path(spec)
-    if spec == "embedded" or (path / "pretrain.json").is_file():
-        from .embedded import EmbeddedSpec, load_base, pretrain_base
-
-        if spec == "embedded":
-            model, tok, info = pretrain_base(base_dir, log=log)
-        else:
-            model, tok = load_base(path)
-            info = json.loads((path / "pretrain.json").read_text())
-        q = model.config.num_query_tokens
-        size = model.config.vision_config.image_size
-        return LoadedModel(model, WordCollator(tok, q, size, max_length=max_length),
-                           WordCollator(tok, q, size, max_length=max_length), tok.batch_decode, size, tok,
-                           {"kind": "embedded", **info, "spec": asdict(EmbeddedSpec())})
-    return _load_hf(spec)
+    spec: str
+    kind: str              # "embedded", "base" (a folder holding an embedded base) or "hf"
+    image_size: int
+    config: Any = None     # the Hugging Face config ("base", "hf")
 
 
-def _load_hf(spec: str) -> LoadedModel:
-    from transformers import AutoConfig, AutoProcessor
+def resolve_model(spec: str) -> ModelSpec:
+    """``embedded``, a folder holding an embedded base (``pretrain.json``), or a Hugging Face InstructBLIP /
+    BLIP-2 checkpoint (local path or hub name); a ``ValueError`` for anything else."""
+    if spec == "embedded":
+        from .embedded import EmbeddedSpec
 
-    from .data.collate import ProcessorCollator
+        return ModelSpec(spec, "embedded", EmbeddedSpec().image_size)
+    from transformers import AutoConfig
 
+    local = spec.startswith((".", "/", "~")) or Path(spec).exists()
+    if not local and spec.count("/") != 1:  # not a hub name either: fail before any network attempt
+        raise ValueError(f"--model {spec!r} is neither 'embedded', an existing folder, nor a Hugging Face "
+                         "hub name (owner/name)")
+    if local and not Path(spec).expanduser().is_dir():
+        raise ValueError(f"--model {spec!r}: no such folder")
     try:
-        config = AutoConfig.from_pretrained(spec)
+        config = AutoConfig.from_pretrained(str(Path(spec).expanduser()) if local else spec)
     except Exception as e:  # noqa: BLE001 - transformers raises several kinds for a bad name
         raise ValueError(f"--model {spec!r} is neither 'embedded', a cached embedded base, nor a loadable "
                          f"Hugging Face checkpoint ({type(e).__name__}: {e})") from None
-    if config.model_type == "instructblip":
-        from transformers import InstructBlipForConditionalGeneration as cls
-    elif config.model_type == "blip-2":
-        from transformers import Blip2ForConditionalGeneration as cls
-    else:
+    if config.model_type not in ("instructblip", "blip-2"):
         raise ValueError(f"--model {spec!r} is a {config.model_type!r} model; petal trains InstructBLIP and "
                          "BLIP-2 checkpoints (or 'embedded')")
-    model = cls.from_pretrained(spec)
-    processor = AutoProcessor.from_pretrained(spec)
-    enc_dec = not config.use_decoder_only_language_model
-    size = config.vision_config.image_size
+    kind = "base" if (Path(spec) / "pretrain.json").is_file() else "hf"
+    return ModelSpec(spec, kind, config.vision_config.image_size, config)
+
+
+def load_model(spec: Union[str, ModelSpec], cache_dir: Union[str, Path, None] = None,
+               log: Callable[[str], None] = print, max_length: int = 32, pretrain_steps: Optional[int] = None,
+               progress: Optional[bool] = None) -> LoadedModel:
+    """The model ``spec`` names (see :func:`resolve_model`). ``embedded`` is the pre-trained embedded
+    base, built once and cached under ``cache_dir`` (default: the user's cache, see
+    :func:`petal.embedded.cache_root`) with ``pretrain_steps`` (default: the standard recipe)."""
+    from .data.collate import WordCollator
+
+    found = spec if isinstance(spec, ModelSpec) else resolve_model(spec)
+    if found.kind == "hf":
+        return _load_hf(found)
+    from .embedded import EmbeddedSpec, PretrainSettings, load_base, pretrain_base
+
+    if found.kind == "embedded":
+        settings = PretrainSettings() if pretrain_steps is None else PretrainSettings(steps=pretrain_steps)
+        model, tok, info = pretrain_base(cache_dir, settings=settings, log=log, progress=progress)
+    else:
+        path = Path(found.spec)
+        model, tok = load_base(path)
+        info = json.loads((path / "pretrain.json").read_text())
+    q = model.config.num_query_tokens
+    size = model.config.vision_config.image_size
+    return LoadedModel(model, WordCollator(tok, q, size, max_length=max_length),
+                       WordCollator(tok, q, size, max_length=max_length), tok.batch_decode, size, tok,
+                       {"kind": "embedded", **info, "spec": asdict(EmbeddedSpec())})
+
+
+def _load_hf(found: ModelSpec) -> LoadedModel:
+    from transformers import AutoProcessor
+
+    from .data.collate import ProcessorCollator
+
+    if found.config.model_type == "instructblip":
+        from transformers import InstructBlipForConditionalGeneration as cls
+    else:
+        from transformers import Blip2ForConditionalGeneration as cls
+    model = cls.from_pretrained(found.spec)
+    processor = AutoProcessor.from_pretrained(found.spec)
+    enc_dec = not found.config.use_decoder_only_language_model
     # a decoder-only LM's training batch has the target inside input_ids: evaluate it on prompts alone
     return LoadedModel(model, ProcessorCollator(processor, enc_dec),
                        ProcessorCollator(processor, enc_dec, with_labels=enc_dec),
-                       lambda seqs: processor.batch_decode(seqs, skip_special_tokens=True), size, processor,
-                       {"kind": "hf", "path": spec})
+                       lambda seqs: processor.batch_decode(seqs, skip_special_tokens=True), found.image_size,
+                       processor, {"kind": "hf", "path": found.spec})
 
 
-__all__ = ["LoadedModel", "RUN_FILE", "RunConfig", "find_run_config", "load_model"]
+__all__ = ["LoadedModel", "ModelSpec", "RUN_FILE", "RunConfig", "find_run_config", "load_model",
+           "resolve_model"]

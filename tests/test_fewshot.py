@@ -6,7 +6,7 @@ import datasets
 import pytest
 
 from petal.cli import main
-from petal.data.fewshot import FEW_SHOT_FILE, few_shot, take_few_shot
+from petal.data.fewshot import FEW_SHOT_FILE, few_shot, record_few_shot, take_few_shot
 from petal.data.folder import FolderDataset
 from petal.data.hub import RecordDataset, map_okvqa
 from petal.data.synthetic import SyntheticShapes
@@ -60,10 +60,12 @@ def test_hub_rows_are_examples_read_without_images():
 
 def test_ids_are_recorded_and_a_resume_must_draw_the_same(tmp_path):
     data = SyntheticShapes("train", num_scenes=12, families=("shape",))
-    subset = take_few_shot(data, 5, seed=4, run_dir=tmp_path)
+    subset, entry = take_few_shot(data, 5, seed=4, run_dir=tmp_path)
+    assert not (tmp_path / FEW_SHOT_FILE).exists()  # choosing writes nothing
+    record_few_shot(tmp_path, entry)
     saved = json.loads((tmp_path / FEW_SHOT_FILE).read_text())
     assert saved["ids"] == _ids(subset) and saved["few_shot"] == 5 and saved["seed"] == 4
-    assert _ids(take_few_shot(data, 5, seed=4, run_dir=tmp_path, resume=True)) == saved["ids"]
+    assert _ids(take_few_shot(data, 5, seed=4, run_dir=tmp_path, resume=True)[0]) == saved["ids"]
     with pytest.raises(ValueError, match="other training records"):
         take_few_shot(data, 5, seed=5, run_dir=tmp_path, resume=True)
 

@@ -1,4 +1,6 @@
 import json
+import shutil
+import sys
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ from petal.data.synthetic import SyntheticShapes
 from petal.embedded import EmbeddedSpec, build_embedded_model, save_base
 from petal.train import TrainSettings, latest_checkpoint, list_checkpoints, train_model, write_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SPEC = EmbeddedSpec(vision_hidden=32, qformer_hidden=32, lm_hidden=32, num_query_tokens=4, vision_layers=1,
                     qformer_layers=1, lm_layers=1)
 SMALL = petal.PetalConfig(dma=petal.DMAConfig(rank=8), aim=petal.AIMConfig(num_experts=2, expert_rank=8),
@@ -22,14 +26,6 @@ def _patched(adapter_seed=0):
     torch.manual_seed(adapter_seed + 1)
     petal.patch(model, SMALL)
     return model, tok
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster, and keeps a shared machine usable
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +197,59 @@ def test_cli_presets_lists_trainable_counts(capsys):
     assert {"petal", "lora", "vl-pet-large", "petal-official"} <= set(rows)
     counts = {name: int(line.split()[2].replace(",", "")) for name, line in rows.items()}
     assert 0 < counts["petal-dma-only"] < counts["petal-no-sib"] < counts["petal"]
+
+
+def test_resume_cuts_metrics_back_to_the_checkpoint(tmp_path, base_dir, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--model", str(base_dir), "--families", "colour", "--batch-size", "4", "--train-limit",
+            "8", "--eval-limit", "4", "--num-beams", "1", "--max-new-tokens", "2", "--no-progress",
+            "--output-dir", str(run), "--keep-checkpoints", "5", "--checkpoint-every", "2"]
+    assert main([*args, "--max-steps", "3"]) == 0
+    # a crash after step 3 was logged but before its checkpoint was complete: step-2 is the newest
+    shutil.rmtree(run / "checkpoints" / "step-00000003")
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 3]  # 3 steps and the final evaluation
+    assert main(["train", "--output-dir", str(run), "--resume", "--no-progress"]) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in lines] == [1, 2, 3, 3] and "eval" in lines[-1]
+    assert not [p for p in run.iterdir() if p.name.startswith(".metrics")]  # the temporary file is gone
+    assert "resumed from" in capsys.readouterr().out
+
+
+def test_limits_count_records(tmp_path, base_dir, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--model", str(base_dir), "--max-steps", "1", "--batch-size", "4",
+                 "--train-limit", "9", "--eval-limit", "6", "--num-beams", "1", "--max-new-tokens", "2",
+                 "--no-progress", "--output-dir", str(run)])
+    assert code == 0 and "9 train / 6 val records" in capsys.readouterr().out
+    assert main(["eval", "--adapter", str(run / "adapter"), "--limit", "5", "--beams", "1",
+                 "--max-new-tokens", "2"]) == 0
+    assert "(5 records, beam 1)" in capsys.readouterr().out
+
+
+def test_presets_and_train_print_the_same_percentage(tmp_path, capsys):
+    assert main(["presets"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("petal "))
+    share = row.split()[-1]  # "(17.8%)"
+    assert main(["train", "--model", "embedded", "--pretrain-steps", "5", "--max-steps", "1",
+                 "--batch-size", "4", "--train-limit", "4", "--eval-limit", "2", "--num-beams", "1",
+                 "--max-new-tokens", "2", "--no-progress", "--output-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert f"{row.split()[2]} {share} trainable parameters" in out, (row, out)
+
+
+def test_progress_bar_by_default_only_in_a_terminal(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert TrainSettings().show_progress() and not TrainSettings(progress=False).show_progress()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert not TrainSettings().show_progress() and TrainSettings(progress=True).show_progress()
+
+
+def test_accelerate_launch_mixed_precision_applies_unless_the_flag_is_given(monkeypatch):
+    from petal.cli import build_parser
+    from petal.cli.common import run_config
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # as `accelerate launch --mixed_precision bf16`
+    parse = build_parser().parse_args
+    assert run_config(parse(["train"]))[0].mixed_precision == "bf16"
+    assert run_config(parse(["train", "--mixed-precision", "no"]))[0].mixed_precision == "no"

@@ -35,8 +35,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads or 1)
     try:
         return COMMANDS[args.command].run(args)
-    except ValueError as e:
-        parser.exit(2, f"petal {args.command}: error: {e}\n")
+    except (ValueError, OSError) as e:  # bad input or an unusable file: one line naming it, no traceback
+        message = " ".join(str(e).split())
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) or not message:
+            message = f"{type(e).__name__}: {message}"
+        parser.exit(2, f"petal {args.command}: error: {message}\n")
 
 
 if __name__ == "__main__":

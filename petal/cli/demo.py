@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .args import positive_float, positive_int, preset
-from .common import count_params, fmt_count, pct, read_jsonl, table
+from .common import add_model_flags, fmt_count, pct, read_jsonl, table
 
 DEMO_DIR = "runs/demo"
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     demo.add_argument("--beams", type=positive_int, default=5, help="beam search width (default 5)")
     demo.add_argument("--test-scenes", type=positive_int, default=200)
     demo.add_argument("--preset", type=preset, default="petal")
-    demo.add_argument("--progress", action="store_true", help="show a progress bar while training")
+    add_model_flags(demo)
 
 
 def run(args) -> int:
@@ -40,20 +40,23 @@ def run(args) -> int:
 
     start = time.perf_counter()
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {out} exists and is not a directory")
     spec = EmbeddedSpec()
     print("petal demo: PETAL on the embedded InstructBLIP-shaped model (random init, CPU, synthetic data)")
     settings = PretrainSettings()
     if args.pretrain_steps is not None:
         settings = PretrainSettings(steps=args.pretrain_steps)
-    model, tok, info = pretrain_base(out / "base", spec, settings, log=lambda s: print("  " + s))
+    model, tok, info = pretrain_base(args.cache_dir, spec, settings, log=lambda s: print("  " + s),
+                                     progress=args.progress)
+    out.mkdir(parents=True, exist_ok=True)
     n_total = sum(p.numel() for p in model.parameters())
     parts = {"ViT": model.vision_model, "Q-Former": model.qformer, "T5": model.language_model}
     print(f"  base model: {n_total:,} parameters ("
           + ", ".join(f"{k} {sum(p.numel() for p in m.parameters()):,}" for k, m in parts.items()) + ")")
     how = "loaded from cache" if info["cached"] else f"pre-trained in {info['seconds']:.0f} s"
     print(f"  base: all weights trained {info['steps']} steps on {'/'.join(BASE_FAMILIES)} questions "
-          f"from the standard camera, final loss {info['final_loss']:.3f} ({how}: {out / 'base'})")
+          f"from the standard camera, final loss {info['final_loss']:.3f} ({how}: {info['path']})")
 
     families, size = BASE_FAMILIES, spec.image_size
     train = SyntheticShapes("train", families=families, image_size=size, domain=DEMO_DOMAIN)
@@ -71,10 +74,13 @@ def run(args) -> int:
 
     before = measure(model)
     config = petal.PetalConfig.from_preset(args.preset)
-    petal.patch(model, config)
-    trainable, total = count_params(model)
-    print(f"  PETAL preset {args.preset!r} on the Q-Former (ViT and T5 frozen): {trainable:,} trainable "
-          f"parameters; {args.steps} steps on the new camera, batch {args.batch_size}, lr {args.lr:g}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the adapter's initialisation does not depend on what ran before
+        petal.patch(model, config)
+    params = petal.trainable_parameters(model)
+    print(f"  PETAL preset {args.preset!r} on the Q-Former (ViT and T5 frozen): {params.trainable:,} "
+          f"trainable parameters; {args.steps} steps on the new camera, batch {args.batch_size}, "
+          f"lr {args.lr:g}")
     shutil.rmtree(out / "petal", ignore_errors=True)  # the demo's own run directory: start afresh
     tstart = time.perf_counter()
     result = train_model(model, train, collator, TrainSettings(
@@ -95,7 +101,7 @@ def run(args) -> int:
     print(table(["model", "trainable params", "new-camera LM loss", "new-camera VQA acc",
                   "standard-camera VQA acc"],
                  [row("base (untuned)", "-", before),
-                  row(f"base + PETAL ({args.preset})", fmt_count(trainable, total), after)]))
+                  row(f"base + PETAL ({args.preset})", fmt_count(params), after)]))
     print()
     logs = [e for e in read_jsonl(out / "petal" / "metrics.jsonl") if "loss" in e]
     if logs and "sib_loss" in logs[0]:
@@ -108,7 +114,8 @@ def run(args) -> int:
           "camera (see the last column); petal.unpatch restores the base bit for bit.")
     print("  At this toy scale rank-64 factors are not small next to a 64-wide Q-Former, so the trainable "
           "share is far above the paper's (~1M parameters of InstructBLIP's ~4-8B).")
-    results = {"preset": args.preset, "trainable_parameters": trainable, "total_parameters": total,
+    results = {"preset": args.preset, "trainable_parameters": params.trainable,
+               "total_parameters": params.total,
                "steps": result.step, "train_seconds": train_seconds, "base_pretrain": info,
                "test_records": len(test[DEMO_DOMAIN]), "num_beams": args.beams,
                "before": {d: {"loss": r["loss"], "metrics": r["metrics"]} for d, r in before.items()},
@@ -119,12 +126,12 @@ def run(args) -> int:
             f.write(json.dumps({"id": b["id"], "prompt": b["prompt"], "answers": b["answers"],
                                 "base": b["prediction"], "petal": a["prediction"]}) + "\n")
     tok.save(out / "tokenizer.json")
-    RunConfig(model="base", data="synthetic", families=list(families), domain=DEMO_DOMAIN, preset=args.preset,
-              max_steps=args.steps, lr=args.lr, batch_size=args.batch_size, num_beams=args.beams,
+    RunConfig(model="embedded", data="synthetic", families=list(families), domain=DEMO_DOMAIN,
+              preset=args.preset, max_steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+              num_beams=args.beams, pretrain_steps=args.pretrain_steps,
               output_dir=str(out)).save(out)  # so `petal eval --adapter <out>/adapter` finds the base
     print(f"  wrote {out}/: adapter/, results.json, predictions.jsonl, run.json, petal/ (checkpoint, "
-          f"metrics.jsonl), base/ (cached base model); evaluate again with "
-          f"`petal eval --adapter {out / 'adapter'}`")
+          f"metrics.jsonl); evaluate again with `petal eval --adapter {out / 'adapter'}`")
     print(f"  total time {time.perf_counter() - start:.0f} s (torch threads: {torch.get_num_threads()})")
     return 0
 

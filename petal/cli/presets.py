@@ -35,7 +35,7 @@ def _count(petal, model, config) -> str:
     except Exception as e:  # noqa: BLE001 - report and keep listing
         return f"n/a ({type(e).__name__}: {e})"
     try:
-        return fmt_count(petal.trainable_parameters(model).trainable)
+        return fmt_count(petal.trainable_parameters(model))
     finally:
         petal.unpatch(model)
 
@@ -51,11 +51,10 @@ def run(args) -> int:
     rows = []
     for name in sorted(petal.PRESETS):
         config = petal.PetalConfig.from_preset(name)
-        embedded = _count(petal, copy.deepcopy(base), config)
-        if embedded[0].isdigit():
-            embedded += f" ({100.0 * int(embedded.replace(',', '')) / total:.1f}%)"
         label, model = real["t5" if config.adapts == "t5" else "qformer"]
-        rows.append([name, config.method, embedded, f"{_count(petal, model, config)} ({label})"])
-    print(f"presets on the embedded model ({total:,} parameters before patching) and on real configurations:")
-    print(table(["preset", "method", "embedded (% of the unpatched model)", "real configuration"], rows))
+        rows.append([name, config.method, _count(petal, copy.deepcopy(base), config),
+                     f"{_count(petal, model, config)} ({label})"])
+    print(f"presets on the embedded model ({total:,} parameters before patching) and on real configurations "
+          "(trainable, and % of all parameters after patching):")
+    print(table(["preset", "method", "embedded model", "real configuration"], rows))
     return 0

@@ -48,22 +48,30 @@ def few_shot(dataset: Dataset, n: int, seed: int) -> tuple[Subset, list[str]]:
 
 
 def take_few_shot(dataset: Dataset, n: int, seed: int, run_dir: Union[str, Path],
-                  resume: bool = False) -> Subset:
-    """:func:`few_shot`, with the ids written to ``run_dir/few_shot_ids.json``; on ``resume`` the file must
-    name the same records (else the data or the seed changed and the run would continue on other data)."""
+                  resume: bool = False) -> tuple[Subset, dict]:
+    """:func:`few_shot` and the entry :func:`record_few_shot` writes; nothing is written here. On
+    ``resume`` the run's ``few_shot_ids.json`` must name the same records (else the data or the seed
+    changed and the run would continue on other data)."""
     subset, ids = few_shot(dataset, n, seed)
     path = Path(run_dir) / FEW_SHOT_FILE
-    entry = {"few_shot": n, "seed": seed, "num_records": len(ids), "ids": ids}
     if resume and path.is_file():
-        before = json.loads(path.read_text())
-        if before.get("ids") != ids:
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a readable few-shot id file ({e})") from None
+        if not isinstance(before, dict) or before.get("ids") != ids:
             raise ValueError(f"{path} names other training records than --few-shot {n} with seed {seed} "
                              "draws now (the data or the seed changed); start a new run directory")
-        return subset
+    return subset, {"few_shot": n, "seed": seed, "num_records": len(ids), "ids": ids}
+
+
+def record_few_shot(run_dir: Union[str, Path], entry: dict) -> Path:
+    """Write ``entry`` to ``run_dir/few_shot_ids.json`` atomically."""
+    path = Path(run_dir) / FEW_SHOT_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(entry, indent=1) + "\n")
     tmp.replace(path)
-    return subset
+    return path
 
 
-__all__ = ["FEW_SHOT_FILE", "examples", "few_shot", "take_few_shot"]
+__all__ = ["FEW_SHOT_FILE", "examples", "few_shot", "record_few_shot", "take_few_shot"]

@@ -30,8 +30,13 @@ def load_data(spec: str, split: str, limit: Optional[int] = None, seed: int = 0,
     if spec == "synthetic":
         from .synthetic import FAMILIES, SyntheticShapes
 
-        return SyntheticShapes(split, num_scenes=limit, seed=seed, families=synthetic_families or FAMILIES,
-                               image_size=image_size, domain=synthetic_domain)
+        families = synthetic_families or FAMILIES
+        scenes = None if limit is None else -(-limit // len(families))  # a scene gives one record per family
+        data = SyntheticShapes(split, num_scenes=scenes, seed=seed, families=families, image_size=image_size,
+                               domain=synthetic_domain)
+        if limit is not None:
+            data.records = data.records[:limit]
+        return data
     if spec in HUB_SOURCES:
         return load_hub(spec, split, limit=limit, path=path, revision=revision, log=log)
     if Path(spec).is_dir():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import nn
 
 from ..compat import bound_argument, check_qformer
@@ -143,7 +144,11 @@ def _multi_post_hook(qformer, args, output):
     merge: InstructionMerge = qformer.petal_instruction_merge
     n = merge.__dict__.pop("_active", None)
     if not n:
-        return None
+        if merge.logits is None or not (merge.logits.requires_grad and torch.is_grad_enabled()):
+            return None
+        # one instruction: its weight softmax([l0]) is exactly 1, but the logits must still take part,
+        # with their true (zero) gradient: distributed training waits for a gradient of every parameter
+        n = 1
     hidden = output.last_hidden_state
     merged = merge.merge(hidden.reshape(hidden.shape[0] // n, n, *hidden.shape[1:]))
     output.last_hidden_state = merged
