@@ -230,7 +230,7 @@ def test_limits_count_records(tmp_path, base_dir, capsys):
 def test_presets_and_train_print_the_same_percentage(tmp_path, capsys):
     assert main(["presets"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("petal "))
-    share = row.split()[-1]  # "(17.8%)"
+    share = row.split()[3]  # "(17.8%)": the embedded model's column
     assert main(["train", "--model", "embedded", "--pretrain-steps", "5", "--max-steps", "1",
                  "--batch-size", "4", "--train-limit", "4", "--eval-limit", "2", "--num-beams", "1",
                  "--max-new-tokens", "2", "--no-progress", "--output-dir", str(tmp_path / "run")]) == 0

@@ -29,13 +29,15 @@ def _real_models() -> dict:
                     d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64, vocab_size=32128)))}
 
 
-def _count(petal, model, config) -> str:
+def _count(petal, model, config, label: str = "") -> str:
+    """``fmt_count`` of ``model`` patched with ``config``; with a ``label``, the count and the label."""
     try:
         petal.patch(model, config)
     except Exception as e:  # noqa: BLE001 - report and keep listing
         return f"n/a ({type(e).__name__}: {e})"
     try:
-        return fmt_count(petal.trainable_parameters(model))
+        params = petal.trainable_parameters(model)
+        return f"{params.trainable:,} ({label})" if label else fmt_count(params)
     finally:
         petal.unpatch(model)
 
@@ -53,8 +55,8 @@ def run(args) -> int:
         config = petal.PetalConfig.from_preset(name)
         label, model = real["t5" if config.adapts == "t5" else "qformer"]
         rows.append([name, config.method, _count(petal, copy.deepcopy(base), config),
-                     f"{_count(petal, model, config)} ({label})"])
-    print(f"presets on the embedded model ({total:,} parameters before patching) and on real configurations "
-          "(trainable, and % of all parameters after patching):")
+                     _count(petal, model, config, label)])
+    print(f"presets on the embedded model ({total:,} parameters before patching; trainable, and % of all "
+          "parameters after patching) and on real configurations:")
     print(table(["preset", "method", "embedded model", "real configuration"], rows))
     return 0

@@ -121,6 +121,8 @@ def run(args) -> int:
 
     # ---- everything that can refuse the run, before anything is written or pre-trained
     run, source = run_config(args)
+    if run.few_shot is not None and run.train_limit is not None:
+        raise ValueError("--few-shot and --train-limit both choose the training records; give one")
     config = run.petal_config(source)
     settings = _settings(run, args.progress, source)
     out = Path(run.output_dir)
@@ -129,8 +131,6 @@ def run(args) -> int:
     if checkpoint is not None:
         _check_resume(run, config, out, checkpoint)
     found = resolve_model(run.model)
-    if run.few_shot is not None and run.train_limit is not None:
-        raise ValueError("--few-shot and --train-limit both choose the training records; give one")
     train_data = load_split(run, "train", run.train_limit, found.image_size)
     few_shot_entry = None
     if run.few_shot is not None:
