@@ -22,15 +22,8 @@ OPS = ("dma_linear_forward", "dma_linear_backward", "gated_residual_forward", "g
 
 
 def _missing_kernels() -> list[str]:
-    missing = []
-    for op in OPS:
-        try:
-            has = torch._C._dispatch_has_kernel_for_dispatch_key(f"petal_C::{op}", "CUDA")
-        except RuntimeError:  # the op itself is not registered
-            has = False
-        if not has:
-            missing.append(op)
-    return missing
+    return [op for op in OPS if not hasattr(torch.ops.petal_C, op)
+            or not torch._C._dispatch_has_kernel_for_dispatch_key(f"petal_C::{op}", "CUDA")]
 
 
 def unavailable_reason() -> str:
