@@ -15,16 +15,29 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks, _ops, philox, reference
+from . import _checks, _extension, _ops, philox, reference
 from ._autocast import autocast_args
 from ._backend import BACKENDS, available_backends, backend_name, use_backend
 from .reference import GRANULARITIES
 
 __all__ = [
     "BACKENDS", "GRANULARITIES", "available_backends", "backend_name", "dma_linear",
-    "dma_linear_multi", "gated_residual", "philox", "reference", "use_backend",
+    "dma_linear_multi", "extension_info", "gated_residual", "philox", "reference", "use_backend",
 ]
 __version__ = "0.1.0"
+
+
+def extension_info() -> dict | None:
+    """The compiled extension this process runs: torch version it was built for, its directory, the ISA
+    of the CPU kernels chosen for this host (``default``, ``avx2``, ``avx512``; force a narrower one with
+    ``ATEN_CPU_CAPABILITY``) and the host's capability. None when no extension is built; an error naming
+    the command that rebuilds it when it was built for another torch."""
+    try:
+        loaded = _extension.load()
+    except _extension.NotBuilt:
+        return None
+    return {"torch": loaded.torch_version, "directory": str(loaded.directory), "cpu_isa": loaded.cpu_isa,
+            "host_capability": loaded.host_capability}
 
 
 def dma_linear(x, weight, bias, down, up, scale, gamma=None):

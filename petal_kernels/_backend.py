@@ -38,7 +38,7 @@ def _load(name: str) -> ModuleType | None:
             if not ok:
                 _load_errors[name] = getattr(module, "unavailable_reason", lambda: "")()
             _loaded[name] = module if ok else None
-        except ImportError as e:  # the compiled extension or triton is not installed
+        except ImportError as e:  # triton is not installed
             _load_errors[name] = f"{type(e).__name__}: {e}"
             _loaded[name] = None
     return _loaded[name]
@@ -83,12 +83,11 @@ def _default(device: torch.device) -> str:
     if device.type == "cpu":
         if _supports("cpu", device):
             return "cpu"
-        if not _warned_missing_ext:
+        if not _warned_missing_ext:  # nothing built at all; a build for another torch raised above
             _warned_missing_ext = True
             warnings.warn(
-                "petal_kernels: the compiled extension petal_kernels._C is not available "
-                f"({_load_errors.get('cpu', 'unknown reason')}); using the slower 'reference' "
-                "backend. Reinstall with `pip install --no-build-isolation .` to build it.",
+                f"petal_kernels: {_load_errors.get('cpu', 'the compiled extension is not available')}; "
+                "using the slower 'reference' backend.",
                 RuntimeWarning,
                 stacklevel=4,
             )

@@ -30,7 +30,7 @@ def unavailable_reason() -> str:
     """Why ``is_available()`` is False ("" when it is True)."""
     if not torch.cuda.is_available():
         return "torch.cuda.is_available() is False (no CUDA device or a CPU-only build of torch)"
-    if not _cpu.is_available():  # imports petal_kernels._C, which registers the kernels
+    if not _cpu.is_available():  # loads the extension, which registers the kernels
         return _cpu.unavailable_reason()
     missing = _missing_kernels()
     if missing:
