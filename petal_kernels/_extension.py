@@ -89,6 +89,9 @@ def _import() -> Loaded:
     capability = torch.backends.cpu.get_cpu_capability()
     try:
         importlib.import_module(spec.module_name(version, spec.CORE))
+        from ._ops import register_compiled_fakes  # here: _ops imports the backends, which import this
+
+        register_compiled_fakes()
         for isa in spec.runnable_isas(capability):
             if any((EXT_DIR / tag).glob(f"_cpu_{isa}.*")):
                 importlib.import_module(spec.module_name(version, f"_cpu_{isa}"))

@@ -149,7 +149,7 @@ def dma_linear_backward_op(
 
 
 @dma_linear_backward_op.register_fake
-def _(dys, x, weights, down, ups, scales, gammas, t, bases, needs):
+def _dma_backward_fake(dys, x, weights, down, ups, scales, gammas, t, bases, needs):
     need_x, need_down, need_up, need_scale, need_gamma = needs
 
     def like(t, need):
@@ -296,8 +296,8 @@ def gated_residual_op(
 
 
 @gated_residual_op.register_fake
-def _(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-      gate_vector, dropout_mask, dropout_p=0.0, dropout_seed=None):
+def _gated_forward_fake(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
+                        gate_vector, dropout_mask, dropout_p=0.0, dropout_seed=None):
     stat_rows = _rows(x) if granularity in ("middleX", "small") else 0
     return x.new_empty(x.shape), x.new_empty(stat_rows)
 
@@ -336,8 +336,8 @@ def gated_residual_backward_op(
 
 
 @gated_residual_backward_op.register_fake
-def _(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-      gate_vector, dropout_mask, dropout_p, dropout_seed, stat):
+def _gated_backward_fake(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
+                         gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed, stat):
     def like(t):
         return x.new_empty(0) if t is None else t.new_empty(t.shape)
 
@@ -373,6 +373,23 @@ def _gated_backward(ctx, dout, _dstat):
 
 
 gated_residual_op.register_autograd(_gated_backward, setup_context=_gated_setup)
+
+
+# --------------------------------------------------------------------------- the compiled kernels' fakes
+
+
+def register_compiled_fakes() -> None:
+    """Fake (meta) impls of the petal_C kernel ops (csrc/library.cpp), once the extension defined them:
+    the canonical-tensor case of the fakes above. They let FakeTensor, torch.library.opcheck and
+    torch.compile trace petal_C::gated_residual_autograd down to the kernels."""
+    fake = torch.library.register_fake
+    fake("petal_C::dma_linear_forward")(
+        lambda x, weights, biases, down, ups, scales, gammas: _dma_fake(x, weights, gammas, down.shape[0]))
+    fake("petal_C::dma_linear_backward")(_dma_backward_fake)
+    fake("petal_C::gated_residual_forward")(
+        lambda *args: _gated_forward_fake(*args[:13]))  # the last argument, batch, shapes nothing
+    fake("petal_C::gated_residual_backward")(
+        lambda *args: _gated_backward_fake(*args[:14], args[15]))  # drop batch (args[14])
 
 
 # --------------------------------------------------------------------------- eager calls
