@@ -7,13 +7,21 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= test,train,triton
 STAMP := $(VENV)/.petal-installed
-SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
+SOURCES := pyproject.toml setup.py MANIFEST.in petal_kernels/_build_spec.py $(wildcard build_backend/*.py) \
+	$(shell find csrc -type f 2>/dev/null)
+# The extension is built for the venv's torch: reinstalling or replacing torch there (its metadata file),
+# or another TORCH, reinstalls petal. The build for each torch has its own directory (petal_kernels/_ext).
+TORCH_INSTALLED := $(wildcard $(VENV)/lib/python*/site-packages/torch-*.dist-info/METADATA)
+TORCH_WANTED := $(VENV)/.petal-torch-spec
 
-.PHONY: setup demo test lint bench report clean
+.PHONY: setup demo test lint bench report clean FORCE
 
 setup: $(STAMP)
 
-$(STAMP): $(SOURCES)
+$(TORCH_WANTED): FORCE
+	@mkdir -p $(VENV); echo '$(TORCH)' | cmp -s - $@ || echo '$(TORCH)' > $@
+
+$(STAMP): $(SOURCES) $(TORCH_INSTALLED) $(TORCH_WANTED)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" setuptools wheel ninja numpy
@@ -34,4 +42,4 @@ bench: setup
 	$(PY) bench/report.py .benchmarks/latest.json
 
 clean:
-	rm -rf build *.egg-info petal_kernels/*.so $(VENV)
+	rm -rf build *.egg-info petal_kernels/*.so petal_kernels/_ext $(VENV)

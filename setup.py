@@ -92,7 +92,7 @@ def _build_ext_class():
 
 
 def extensions():
-    if _flag("PETAL_SKIP_EXT"):
+    if _flag("PETAL_SKIP_EXT") or _flag("PETAL_METADATA_ONLY"):  # the second: set by build_backend/
         return [], {}
     import torch
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
