@@ -1,7 +1,8 @@
 """The install routes build the extension for the torch that runs it (build_backend/petal_build.py): the
 isolated build environment of ``pip install .`` / ``pip install -e .`` gets ``torch==<the target's torch>``.
-The whole route (an isolated install into a venv whose torch is not the newest pip finds, which builds the
-extension) takes ~6 min here and runs as ``bash tests/install_routes.sh``; these are its fast parts."""
+The whole routes (isolated ``pip install`` and ``pip install -e`` into venvs whose torch is not the newest pip
+finds; each builds the extension: 17 min here) run as ``bash tests/install_routes.sh``; these are the fast
+parts."""
 
 from __future__ import annotations
 
