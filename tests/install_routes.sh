@@ -6,7 +6,7 @@
 #   2. `pip install -e <clone>`  (build isolation, a second venv on the same clone; venv 1 must still work)
 # Each route builds the extension (measured on the shared 2-core host: 518 s and 399 s, 17 min with the
 # venvs), too slow for CI's suite; run it by hand:
-#   bash tests/install_routes.sh            (PYTHON=python3.11 TORCH="torch==2.13.0" MAX_JOBS=2 by default)
+#   bash tests/install_routes.sh            (PYTHON=python3 TORCH="torch==2.13.0" MAX_JOBS=2 by default)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
