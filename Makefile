@@ -7,7 +7,13 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= test,train,triton
 STAMP := $(VENV)/.petal-installed
-SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
+SOURCES := pyproject.toml setup.py MANIFEST.in petal_kernels/_build_spec.py $(wildcard build_backend/*.py) \
+	$(shell find csrc -type f 2>/dev/null)
+# The extension is built for the venv's torch: reinstalling or replacing torch there (its metadata file),
+# or another TORCH, reinstalls petal. The build for each torch has its own directory (petal_kernels/_ext).
+TORCH_INSTALLED := $(wildcard $(VENV)/lib/python*/site-packages/torch-*.dist-info/METADATA)
+TORCH_WANTED := $(VENV)/.petal-torch-spec
+
 # `make test-compat`: the model-layer tests again in a second venv holding the lowest transformers that
 # pyproject.toml declares (`make test` runs the newest); it reuses the extension `make setup` built.
 COMPAT_VENV ?= .venv-compat
@@ -19,18 +25,21 @@ COMPAT_TESTS := tests/test_compat.py tests/test_patch_qformer.py tests/test_qfor
 	tests/test_param_counts.py tests/test_adapter_io.py tests/test_config.py tests/test_losses.py \
 	tests/test_convergence.py
 
-.PHONY: setup demo test test-compat lint bench report clean
+.PHONY: setup demo test test-compat lint bench report clean FORCE
 
 setup: $(STAMP)
 
-$(STAMP): $(SOURCES)
+$(TORCH_WANTED): FORCE
+	@mkdir -p $(VENV); echo '$(TORCH)' | cmp -s - $@ || echo '$(TORCH)' > $@
+
+$(STAMP): $(SOURCES) $(TORCH_INSTALLED) $(TORCH_WANTED)
 	@echo "== petal setup: a virtual environment in $(VENV), once (later runs skip this)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@echo "== installing $(TORCH) and build tools (seconds from a local wheel cache; torch is a 200 MB-2 GB download otherwise)"
 	$(PY) -m pip install -q "$(TORCH)" setuptools wheel ninja numpy
-	@echo "== installing petal with its extras [$(EXTRAS)] and compiling the C++ kernels petal_kernels._C"
-	@echo "   (about 2.5 min on 2 cores with MAX_JOBS=$${MAX_JOBS:-2}; pip prints nothing until it is done)"
+	@echo "== installing petal with its extras [$(EXTRAS)] and compiling its C++ kernels (petal_kernels/_ext)"
+	@echo "   (about 4-5 min on 2 cores with MAX_JOBS=$${MAX_JOBS:-2}; pip prints nothing until it is done)"
 	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install -q --no-build-isolation -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 	@echo "== petal setup done"
@@ -64,4 +73,4 @@ bench: setup
 	$(PY) bench/report.py .benchmarks/latest.json
 
 clean:
-	rm -rf build *.egg-info petal_kernels/*.so $(VENV) $(COMPAT_VENV)
+	rm -rf build *.egg-info petal_kernels/*.so petal_kernels/_ext $(VENV) $(COMPAT_VENV)

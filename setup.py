@@ -1,7 +1,13 @@
-"""Builds the compiled backends of petal_kernels.
+"""Builds the compiled backends of petal_kernels: the modules of petal_kernels/_build_spec.py, under
+petal_kernels/_ext/<torch tag>/ (one directory per torch version, so builds for two torch versions never
+overwrite each other), against the torch of the build environment. pyproject.toml's build backend
+(build_backend/petal_build.py) makes that the torch of the environment being installed into.
 
-* ``petal_kernels._C``: the C++ CPU kernels (csrc/cpu, OpenMP) and the C++ autograd ops over them
-  (csrc/autograd), always, unless skipped; in a CUDA build it also carries the CUDA kernels (csrc/cuda).
+* ``_C``: the operator schemas and the C++ autograd ops (csrc/library.cpp, csrc/autograd), built for the
+  baseline ISA; in a CUDA build it also carries the CUDA kernels (csrc/cuda).
+* ``_cpu_default``, ``_cpu_avx2``, ``_cpu_avx512`` (x86-64; elsewhere ``_cpu_default`` only): the CPU kernels
+  (csrc/cpu, OpenMP, at::vec) compiled once per vector ISA; petal_kernels imports the widest one the host
+  runs, so a wheel built on any x86-64 machine runs on every other.
 
 Environment switches (as flash-attention's):
   PETAL_SKIP_EXT=1     build no extension (petal_kernels falls back to the reference backend)
@@ -10,19 +16,28 @@ Environment switches (as flash-attention's):
   PETAL_NO_CUDA=1      never build the CUDA kernels
   PETAL_CUDA_ARCHS     e.g. "80;90" (default: TORCH_CUDA_ARCH_LIST or "80;90")
   CUDA_HOME            the CUDA toolkit root, when torch's guess (from nvcc on PATH) is wrong
-  PETAL_CPU_ISA        generic | avx2 | avx512: the x86-64 vector ISA of the CPU kernels (default: the
-                       one torch uses on the build machine, torch.backends.cpu.get_cpu_capability())
   MAX_JOBS             parallel compile jobs (ninja)
 """
 
 import glob
+import importlib.util
 import os
-import platform
 import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_spec():
+    path = os.path.join(ROOT, "petal_kernels", "_build_spec.py")
+    spec = importlib.util.spec_from_file_location("petal_build_spec", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SPEC = _load_spec()
 
 
 def _flag(name: str) -> bool:
@@ -35,21 +50,6 @@ def _openmp_flags():
     if sys.platform == "win32":
         return ["/openmp"], []
     return ["-fopenmp"], ["-fopenmp"]
-
-
-_CPU_ISA_FLAGS = {  # as torch.compile's C++ code for the same at::vec capability
-    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
-    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
-               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
-}
-
-
-def _cpu_vector_flags(torch):
-    """at::vec::Vectorized kernels for the widest ISA torch itself runs on this machine."""
-    if sys.platform == "win32" or platform.machine().lower() not in ("x86_64", "amd64"):
-        return []
-    isa = os.environ.get("PETAL_CPU_ISA") or torch.backends.cpu.get_cpu_capability()
-    return _CPU_ISA_FLAGS.get(isa.lower(), [])
 
 
 def _cuda_wanted(torch) -> bool:
@@ -67,19 +67,43 @@ def _cuda_wanted(torch) -> bool:
     return True
 
 
+def _build_ext_class():
+    from torch.utils.cpp_extension import BuildExtension
+
+    class BuildPerModule(BuildExtension):
+        """Objects of each module in a directory of its own: the CPU kernel modules compile the same sources
+        with different flags, and builds for different torch versions share nothing."""
+
+        def build_extension(self, ext):
+            temp = self.build_temp
+            self.build_temp = os.path.join(temp, ext.name)
+            try:
+                super().build_extension(ext)
+            finally:
+                self.build_temp = temp
+
+        def copy_extensions_to_source(self):  # setuptools copies in place but makes no directory
+            for ext in self.extensions:
+                os.makedirs(os.path.dirname(self.get_ext_filename(self.get_ext_fullname(ext.name))),
+                            exist_ok=True)
+            super().copy_extensions_to_source()
+
+    return BuildPerModule.with_options(use_ninja=True)
+
+
 def extensions():
-    if _flag("PETAL_SKIP_EXT"):
+    if _flag("PETAL_SKIP_EXT") or _flag("PETAL_METADATA_ONLY"):  # the second: set by build_backend/
         return [], {}
     import torch
-    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     include = [os.path.join(ROOT, "csrc", "include")]
     omp_compile, omp_link = _openmp_flags()
     # No -std: torch.utils.cpp_extension adds the standard its headers need (C++20 from torch 2.14).
-    cxx = ["-O3", *omp_compile, *_cpu_vector_flags(torch)]
-    # csrc/autograd: device-neutral C++ autograd ops over the petal_C kernels (CPU and CUDA builds alike)
-    sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
-                     + glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
+    cxx = ["-O3", *omp_compile]
+    hidden = [] if sys.platform == "win32" else ["-fvisibility=hidden"]
+    core_sources = list(SPEC.CORE_SOURCES)
+    core_name = SPEC.module_name(torch.__version__, SPEC.CORE)
     if _cuda_wanted(torch):
         archs = os.environ.get("PETAL_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "80;90"
         gencode = []
@@ -87,25 +111,30 @@ def extensions():
             arch = arch.replace(".", "").replace("+PTX", "")
             if arch:
                 gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
-        ext = CUDAExtension(
-            "petal_kernels._C",
-            sources,
+        core_sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        core_sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+        core = CUDAExtension(
+            core_name,
+            core_sources,
             include_dirs=include,
             define_macros=[("PETAL_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", *gencode]},
             extra_link_args=omp_link,
         )
     else:
-        ext = CppExtension(
-            "petal_kernels._C",
-            sources,
+        core = CppExtension(core_name, core_sources, include_dirs=include, extra_compile_args={"cxx": cxx},
+                            extra_link_args=omp_link)
+    cpu = [
+        CppExtension(
+            SPEC.module_name(torch.__version__, f"_cpu_{isa}"),
+            list(SPEC.CPU_SOURCES),
             include_dirs=include,
-            extra_compile_args={"cxx": cxx},
+            extra_compile_args={"cxx": [*cxx, *hidden, *flags]},
             extra_link_args=omp_link,
         )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+        for isa, flags in SPEC.cpu_isas().items()
+    ]
+    return [core, *cpu], {"build_ext": _build_ext_class()}
 
 
 ext_modules, cmdclass = extensions()

@@ -376,7 +376,7 @@ def targets_section(recs: list[dict]) -> list[str]:
              "an op was also timed in back-to-back pairs (the headline `dma_linear_multi` with its floor; "
              "every `gated_residual` with the unfused form, each timed call right after an untimed one of "
              "its own), the verdict reads the median of the pairs' ratios, which cancels the machine's "
-             "drift between medians taken apart (docs/GATED_CPU.md)."]
+             "drift between medians taken apart (docs/notes/GATED_CPU.md)."]
     missed = [t for t, _, v in results if v == "MISSED"]
     if missed:
         lines.append(f"**{len(missed)} target(s) missed** (marked MISSED below).")

@@ -38,15 +38,17 @@ def _load(name: str) -> ModuleType | None:
             if not ok:
                 _load_errors[name] = getattr(module, "unavailable_reason", lambda: "")()
             _loaded[name] = module if ok else None
-        except ImportError as e:  # the compiled extension or triton is not installed
+        except ImportError as e:  # triton is not installed
             _load_errors[name] = f"{type(e).__name__}: {e}"
             _loaded[name] = None
     return _loaded[name]
 
 
-def compiled_cpu() -> bool:
-    """Whether CPU tensors run on the already loaded compiled 'cpu' backend (no other one requested)."""
-    return requested() in (None, "cpu") and _loaded.get("cpu") is not None
+def compiled_runs(x: torch.Tensor) -> bool:
+    """Whether ``x``'s device runs on a compiled backend (cpu, cuda) of the extension, as selected."""
+    if x.is_cpu:
+        return requested() in (None, "cpu") and _load("cpu") is not None
+    return x.is_cuda and backend_name(x.device) == "cuda"
 
 
 def _triton_runs_on(device: torch.device) -> bool:
@@ -81,34 +83,20 @@ def _default(device: torch.device) -> str:
     if device.type == "cpu":
         if _supports("cpu", device):
             return "cpu"
-        if not _warned_missing_ext:
+        if not _warned_missing_ext:  # nothing built at all; a build for another torch raised above
             _warned_missing_ext = True
             warnings.warn(
-                "petal_kernels: the compiled extension petal_kernels._C is not available "
-                f"({_load_errors.get('cpu', 'unknown reason')}); using the slower 'reference' "
-                "backend. Reinstall with `pip install --no-build-isolation .` to build it.",
+                f"petal_kernels: {_load_errors.get('cpu', 'the compiled extension is not available')}; "
+                "using the slower 'reference' backend.",
                 RuntimeWarning,
                 stacklevel=4,
             )
     return "reference"
 
 
-def _env_backend() -> str | None:
-    """``os.environ.get(ENV_VAR)`` without its cost when the variable is unset: a KeyError raised and
-    caught inside ``os._Environ``, ~10 us per call in a training step's cold caches."""
-    data = getattr(os.environ, "_data", None)  # CPython's os._Environ: the encoded variables, kept in sync
-    if data is None:
-        return os.environ.get(ENV_VAR)
-    value = data.get(_ENV_KEY)
-    return None if value is None else os.environ.decodevalue(value)
-
-
-_ENV_KEY = os.environ.encodekey(ENV_VAR) if hasattr(os.environ, "encodekey") else ENV_VAR
-
-
 def requested() -> str | None:
     """The backend forced by ``use_backend`` or ``PETAL_BACKEND``, if any."""
-    name = _forced or _env_backend() or None
+    name = _forced or os.environ.get(ENV_VAR) or None
     if name is not None and name not in BACKENDS:
         raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {name!r}")
     return name

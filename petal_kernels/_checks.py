@@ -77,13 +77,14 @@ def dma_projection(x, down, weight, bias, up, scale, gamma, names) -> None:
     if gamma is not None:
         shape(names["gamma"], gamma, (N,), f"N={N} from {names['weight']}")
     target = (*x.shape[:-1], R)
-    try:
-        ok = torch.broadcast_shapes(scale.shape, target) == torch.Size(target)
-    except RuntimeError:
-        ok = False
-    if not ok:
+    if not _broadcasts_to(tuple(scale.shape), target):
         raise ValueError(f"{names['scale']} must broadcast to {target} (x's leading dims, R={R}), "
                          f"got {_desc(scale)}")
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target``."""
+    return len(shape) <= len(target) and all(s in (1, t) for s, t in zip(reversed(shape), reversed(target)))
 
 
 def dma_common(x, down) -> None:

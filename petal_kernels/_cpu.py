@@ -1,7 +1,7 @@
-"""The ``cpu`` backend: the compiled kernels of ``petal_kernels._C`` (csrc/cpu) behind the canonical API.
+"""The ``cpu`` backend: the compiled CPU kernels (csrc/cpu; loaded by _extension.py) behind the canonical API.
 
 The four functions only adapt the canonical signatures of ``petal_kernels.reference`` to the
-``torch.ops.petal_C`` schemas (listed in csrc/cpu/bindings.cpp) and turn the 0-element tensors the
+``torch.ops.petal_C`` schemas (listed in csrc/library.cpp) and turn the 0-element tensors the
 kernels return for gradients nobody asked for into ``None``. Nothing here is device specific: the
 same ``torch.ops.petal_C`` calls reach the CUDA kernels for CUDA tensors, so a CUDA backend can
 re-export these functions next to its own ``is_available``.
@@ -9,11 +9,11 @@ re-export these functions next to its own ``is_available``.
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-_import_error: str | None = None
+from . import _extension
+
+_not_built: str | None = None
 
 
 def _ops():
@@ -21,24 +21,19 @@ def _ops():
 
 
 def is_available() -> bool:
-    """True when ``petal_kernels._C`` imports and registered its CPU kernels."""
-    global _import_error
+    """True when the compiled extension for this torch loaded; False when none is built at all. A build
+    for another torch, or one that does not load, raises ``_extension.Mismatch``: never a silent fallback."""
+    global _not_built
     try:
-        importlib.import_module("petal_kernels._C")
-    except ImportError as e:  # not built (PETAL_SKIP_EXT, no compiler) or built against another torch
-        _import_error = f"{type(e).__name__}: {e}"
-        return False
-    if not hasattr(torch.ops.petal_C, "gated_residual_forward"):
-        _import_error = "petal_kernels._C loaded but registered no petal_C operators"
+        _extension.load()
+    except _extension.NotBuilt as e:
+        _not_built = str(e)
         return False
     return True
 
 
 def unavailable_reason() -> str:
-    if _import_error is None and is_available():
-        return ""
-    return (f"the compiled extension petal_kernels._C is not usable ({_import_error}); "
-            "build it with `pip install --no-build-isolation .`")
+    return "" if is_available() else str(_not_built)
 
 
 # --------------------------------------------------------------------------- dma_linear

@@ -22,22 +22,15 @@ OPS = ("dma_linear_forward", "dma_linear_backward", "gated_residual_forward", "g
 
 
 def _missing_kernels() -> list[str]:
-    missing = []
-    for op in OPS:
-        try:
-            has = torch._C._dispatch_has_kernel_for_dispatch_key(f"petal_C::{op}", "CUDA")
-        except RuntimeError:  # the op itself is not registered
-            has = False
-        if not has:
-            missing.append(op)
-    return missing
+    return [op for op in OPS if not hasattr(torch.ops.petal_C, op)
+            or not torch._C._dispatch_has_kernel_for_dispatch_key(f"petal_C::{op}", "CUDA")]
 
 
 def unavailable_reason() -> str:
     """Why ``is_available()`` is False ("" when it is True)."""
     if not torch.cuda.is_available():
         return "torch.cuda.is_available() is False (no CUDA device or a CPU-only build of torch)"
-    if not _cpu.is_available():  # imports petal_kernels._C, which registers the kernels
+    if not _cpu.is_available():  # loads the extension, which registers the kernels
         return _cpu.unavailable_reason()
     missing = _missing_kernels()
     if missing:

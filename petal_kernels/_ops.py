@@ -13,8 +13,8 @@ Ops (all return auxiliary tensors the backward reuses; the public wrappers drop 
   0-dim int64 CPU tensor (see ``petal_kernels.philox``), read only when ``dropout_p > 0``
 * ``petal::gated_residual_backward(...)``
 
-Plain eager calls skip the dispatcher: the same forward/backward functions run inside an
-``autograd.Function`` (bottom of this file); tracing and transforms take the registered ops.
+Eager ``gated_residual`` calls on the compiled backends run the C++ autograd op over the same kernels
+instead (bottom of this file).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend, _cpu, reference
+from . import _backend, reference
 
 Opt = Optional[Tensor]
 
@@ -118,10 +118,6 @@ def dma_linear_backward_op(
     dys: list[Tensor], x: Tensor, weights: list[Tensor], down: Tensor, ups: list[Tensor],
     scales: list[Tensor], gammas: list[Opt], t: Tensor, bases: list[Tensor], needs: list[bool],
 ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[Tensor]]:
-    return _dma_backward_impl(dys, x, weights, down, ups, scales, gammas, t, bases, needs)
-
-
-def _dma_backward_impl(dys, x, weights, down, ups, scales, gammas, t, bases, needs):
     K, R, lead, rows = x.shape[-1], down.shape[0], tuple(x.shape[:-1]), _rows(x)
     backend = _backend_for(x, rows)
     canon = _canon_scales(scales, lead, rows, R)
@@ -153,7 +149,7 @@ def _dma_backward_impl(dys, x, weights, down, ups, scales, gammas, t, bases, nee
 
 
 @dma_linear_backward_op.register_fake
-def _(dys, x, weights, down, ups, scales, gammas, t, bases, needs):
+def _dma_backward_fake(dys, x, weights, down, ups, scales, gammas, t, bases, needs):
     need_x, need_down, need_up, need_scale, need_gamma = needs
 
     def like(t, need):
@@ -178,14 +174,14 @@ def _dma_needs(x, down, ups, scales, gammas) -> list[bool]:
     ]
 
 
-def _dma_backward(ctx, dys, backward=dma_linear_backward_op):
+def _dma_backward(ctx, dys):
     x, down, t, *rest = ctx.saved_tensors
     J = ctx.num_projections
     weights, ups, scales = rest[:J], rest[J:2 * J], rest[2 * J:3 * J]
     gammas = [g if has else None for g, has in zip(rest[3 * J:4 * J], ctx.has_gamma)]
     bases = list(rest[4 * J:5 * J])
     dys = [x.new_zeros(shape) if dy is None else dy for dy, shape in zip(dys, ctx.out_shapes)]
-    dx, d_down, d_ups, d_scales, d_gammas = backward(
+    dx, d_down, d_ups, d_scales, d_gammas = dma_linear_backward_op(
         dys, x, list(weights), down, list(ups), list(scales), gammas, t, bases, ctx.needs)
     need_x, need_down, need_up, need_scale, need_gamma = ctx.needs
     return (
@@ -238,8 +234,8 @@ def _single_setup(ctx, inputs, output):
     _dma_setup(ctx, x, [weight], down, [up], [scale], [gamma], [y], t, [base])
 
 
-def _single_backward(ctx, dy, _dt, _dbase, backward=dma_linear_backward_op):
-    dx, d_down, d_ups, d_scales, d_gammas = _dma_backward(ctx, [dy], backward)
+def _single_backward(ctx, dy, _dt, _dbase):
+    dx, d_down, d_ups, d_scales, d_gammas = _dma_backward(ctx, [dy])
     return dx, None, None, d_down, d_ups[0], d_scales[0], d_gammas[0]
 
 
@@ -288,12 +284,6 @@ def gated_residual_op(
     gate_logits: Opt, gate_weight: Opt, gate_bias: Opt, gate_vector: Opt, dropout_mask: Opt,
     dropout_p: float = 0.0, dropout_seed: Opt = None,
 ) -> tuple[Tensor, Tensor]:
-    return _gated_forward(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
-                          gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed)
-
-
-def _gated_forward(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-                   gate_vector, dropout_mask, dropout_p=0.0, dropout_seed=None):
     d, rows = x.shape[-1], _rows(x)
     backend = _backend_for(x, rows)
     out, stat = backend.gated_residual_forward(
@@ -306,8 +296,8 @@ def _gated_forward(x, h, u, granularity, adapter_scale, gate_scale, gate_logits,
 
 
 @gated_residual_op.register_fake
-def _(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-      gate_vector, dropout_mask, dropout_p=0.0, dropout_seed=None):
+def _gated_forward_fake(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
+                        gate_vector, dropout_mask, dropout_p=0.0, dropout_seed=None):
     stat_rows = _rows(x) if granularity in ("middleX", "small") else 0
     return x.new_empty(x.shape), x.new_empty(stat_rows)
 
@@ -318,13 +308,6 @@ def gated_residual_backward_op(
     gate_scale: float, gate_logits: Opt, gate_weight: Opt, gate_bias: Opt, gate_vector: Opt,
     dropout_mask: Opt, dropout_p: float, dropout_seed: Opt, stat: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _gated_backward_impl(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits,
-                                gate_weight, gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed,
-                                stat)
-
-
-def _gated_backward_impl(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
-                         gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed, stat):
     d, rows = x.shape[-1], _rows(x)
     backend = _backend_for(x, rows)
     grads = backend.gated_residual_backward(
@@ -353,8 +336,8 @@ def _gated_backward_impl(dout, x, h, u, granularity, adapter_scale, gate_scale, 
 
 
 @gated_residual_backward_op.register_fake
-def _(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-      gate_vector, dropout_mask, dropout_p, dropout_seed, stat):
+def _gated_backward_fake(dout, x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
+                         gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed, stat):
     def like(t):
         return x.new_empty(0) if t is None else t.new_empty(t.shape)
 
@@ -375,11 +358,11 @@ def _gated_setup(ctx, inputs, output):
     ctx.save_for_backward(x, h, u, output[1], *[g for g in gates if g is not None])
 
 
-def _gated_backward(ctx, dout, _dstat, backward=gated_residual_backward_op):
+def _gated_backward(ctx, dout, _dstat):
     x, h, u, stat, *present = ctx.saved_tensors
     it = iter(present)
     gates = [next(it) if has else None for has in ctx.present]
-    dx, dh, du, *d_gates = backward(dout, x, h, u, *ctx.args, *gates, *ctx.dropout, stat)
+    dx, dh, du, *d_gates = gated_residual_backward_op(dout, x, h, u, *ctx.args, *gates, *ctx.dropout, stat)
     granularity, adapter_scale, _ = ctx.args
     if _dx_is_dout(granularity):
         dx = dout
@@ -392,83 +375,40 @@ def _gated_backward(ctx, dout, _dstat, backward=gated_residual_backward_op):
 gated_residual_op.register_autograd(_gated_backward, setup_context=_gated_setup)
 
 
-# --------------------------------------------------------------------------- the direct eager path
-# A call through a torch.library custom op hops Python -> dispatcher -> Python several times and, for
-# an op with setup_context, rebuilds the schema's argument list per argument (pytorch#139500,
-# #195110): ~0.1-0.15 ms per forward+backward, as much as a whole unfused epilogue at a few hundred
-# rows. Plain eager calls therefore run the same forward/backward functions inside an
-# autograd.Function; torch.compile, functorch transforms, tensor subclasses (FakeTensor included) and
-# dispatch/function modes take the registered op, which stays the definition for tracing.
+# --------------------------------------------------------------------------- the compiled kernels' fakes
 
-DIRECT = True  # tests switch it off to run the registered op in eager mode
 
+def register_compiled_fakes() -> None:
+    """Fake (meta) impls of the petal_C kernel ops (csrc/library.cpp), once the extension defined them:
+    the canonical-tensor case of the fakes above. They let FakeTensor, torch.library.opcheck and
+    torch.compile trace petal_C::gated_residual_autograd down to the kernels."""
+    fake = torch.library.register_fake
+    fake("petal_C::dma_linear_forward")(
+        lambda x, weights, biases, down, ups, scales, gammas: _dma_fake(x, weights, gammas, down.shape[0]))
+    fake("petal_C::dma_linear_backward")(_dma_backward_fake)
+    fake("petal_C::gated_residual_forward")(
+        lambda *args: _gated_forward_fake(*args[:13]))  # the last argument, batch, shapes nothing
+    fake("petal_C::gated_residual_backward")(
+        lambda *args: _gated_backward_fake(*args[:14], args[15]))  # drop batch (args[14])
+
+
+# --------------------------------------------------------------------------- eager calls
+# One path per call, chosen from the arguments' types and the modes before anything runs (never a retry):
+# a plain eager gated_residual on a compiled backend (cpu, cuda) runs the C++ autograd op
+# petal_C::gated_residual_autograd (csrc/autograd), the same kernels without the registered op's Python
+# round trips (~0.19 ms less per forward+backward at a few rows, docs/notes/GATED_CPU.md), and validates its
+# arguments itself with the documented errors; every other call is checked in Python and runs the registered
+# op above, which is also what torch.compile, functorch transforms, tensor subclasses and modes see.
 
 _PLAIN = (Tensor, torch.nn.Parameter)
-
-
-def _plain_eager() -> bool:
-    """No tracing, transform or mode is active, and the direct path is on."""
-    if not DIRECT or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        return False
-    return not (torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack() > 0)
-
-
-def _direct(*tensors) -> bool:
-    return _plain_eager() and all(t is None or type(t) in _PLAIN for t in tensors)
-
-
-class _DMALinearDirect(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, *inputs):
-        x, weight, bias, down, up, scale, gamma = inputs
-        ys, t, bases = _dma_forward(x, [weight], [bias], down, [up], [scale], [gamma])
-        _single_setup(ctx, inputs, (ys[0], t, bases[0]))
-        return ys[0]
-
-    @staticmethod
-    def backward(ctx, dy):
-        return _single_backward(ctx, dy, None, None, _dma_backward_impl)
-
-
-class _DMALinearMultiDirect(torch.autograd.Function):
-    """Inputs flattened (autograd.Function tracks tensors, not lists): J, x, down, then the J
-    weights, biases, ups, scales and gammas."""
-
-    @staticmethod
-    def forward(ctx, J, x, down, *flat):
-        weights, biases, ups, scales, gammas = (list(flat[i * J:(i + 1) * J]) for i in range(5))
-        ys, t, bases = _dma_forward(x, weights, biases, down, ups, scales, gammas)
-        _dma_setup(ctx, x, weights, down, ups, scales, gammas, ys, t, bases)
-        return tuple(ys)
-
-    @staticmethod
-    def backward(ctx, *dys):
-        dx, d_down, d_ups, d_scales, d_gammas = _dma_backward(ctx, list(dys), _dma_backward_impl)
-        J = ctx.num_projections
-        return (None, dx, d_down, *[None] * (2 * J), *d_ups, *d_scales, *d_gammas)
-
-
-class _GatedResidualDirect(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, *inputs):
-        out, stat = _gated_forward(*inputs)
-        _gated_setup(ctx, inputs, (out, stat))
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        return _gated_backward(ctx, dout, None, _gated_backward_impl)
+_NUMBERS = (float, int)
 
 
 def dma_linear(x, weight, bias, down, up, scale, gamma):
-    if _direct(x, weight, bias, down, up, scale, gamma):
-        return _DMALinearDirect.apply(x, weight, bias, down, up, scale, gamma)
     return dma_linear_op(x, weight, bias, down, up, scale, gamma)[0]
 
 
 def dma_linear_multi(x, weights, biases, down, ups, scales, gammas):
-    if _direct(x, down, *weights, *biases, *ups, *scales, *gammas):
-        return _DMALinearMultiDirect.apply(len(weights), x, down, *weights, *biases, *ups, *scales, *gammas)
     if any(g is None for g in gammas) and not all(g is None for g in gammas):
         # a Tensor?[] holding a None gets no gradients through torch.library: use ones instead
         gammas = [x.new_ones(w.shape[0]) if g is None else g for g, w in zip(gammas, weights)]
@@ -477,57 +417,36 @@ def dma_linear_multi(x, weights, biases, down, ups, scales, gammas):
 
 def gated_residual(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
                    gate_vector, dropout_mask, dropout_p, dropout_seed):
-    """The arguments of ``petal::gated_residual``; returns ``out``."""
-    inputs = (x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias,
-              gate_vector, dropout_mask, dropout_p, dropout_seed)
-    if _direct(x, h, u, gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask, dropout_seed):
-        if x.numel() and _backend.backend_name(x.device) in _COMPILED and _compiled_autograd():
-            p, seed = _dropout(dropout_p, dropout_seed)
-            return torch.ops.petal_C.gated_residual_autograd(*inputs[:11], p, _cpu._int64(seed))
-        return _GatedResidualDirect.apply(*inputs)
-    return gated_residual_op(*inputs)[0]
+    """The checked arguments of ``petal::gated_residual``; returns ``out``."""
+    return gated_residual_op(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
+                             gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed)[0]
 
 
-# Backends whose kernels are the petal_C ops: eager gated_residual runs them under the C++ autograd op
-# petal_C::gated_residual_autograd (csrc/autograd), which costs ~0.13 ms less per forward+backward than
-# the Python autograd.Function above.
-_COMPILED = ("cpu", "cuda")
-_NUMBERS = (float, int)
+def cpp_gated_residual_serves(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
+                              gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed) -> bool:
+    """Whether the public call runs petal_C::gated_residual_autograd: plain eager mode (no tracing,
+    transform or mode), arguments of the types its schema holds (plain tensors, Python numbers, an int64
+    seed), at least one row, and a compiled backend for x's device."""
+    if type(granularity) is not str:
+        return False
+    for t in (x, h, u):
+        if type(t) not in _PLAIN:
+            return False
+    for t in (gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask):
+        if t is not None and type(t) not in _PLAIN:
+            return False
+    for number in (adapter_scale, gate_scale, dropout_p):
+        if type(number) not in _NUMBERS:
+            return False
+    if dropout_seed is not None and not (type(dropout_seed) is int and -2 ** 63 <= dropout_seed < 2 ** 63):
+        return False  # seed tensors and 64-bit unsigned seeds: converted by the checked path
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack() > 0:
+        return False
+    return x.numel() > 0 and _backend.compiled_runs(x) and _cpp_autograd_registered()
 
 
 @functools.cache
-def _compiled_autograd() -> bool:
+def _cpp_autograd_registered() -> bool:
     return hasattr(torch.ops.petal_C, "gated_residual_autograd")
-
-
-def gated_residual_compiled(x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight,
-                            gate_bias, gate_vector, dropout_mask, dropout_p, dropout_seed):
-    """The public call straight into petal_C::gated_residual_autograd, which autocasts, validates and draws
-    the dropout seed itself; None when that op is not the one to run (another backend, a mode, a subclass,
-    a seed tensor or one beyond int64, zero rows) or it rejects the arguments: the caller then takes the
-    checked path, which raises the documented error. Saves the Python checks' ~40 us per call
-    (docs/GATED_CPU.md)."""
-    if type(x) not in _PLAIN or type(h) not in _PLAIN or type(u) not in _PLAIN:
-        return None
-    if dropout_seed is not None and not (type(dropout_seed) is int and -2 ** 63 <= dropout_seed < 2 ** 63):
-        return None  # int64 seeds are passed as they are; the checked path converts the others
-    for number in (adapter_scale, gate_scale, dropout_p):
-        if type(number) not in _NUMBERS:
-            return None
-    for t in (gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask):
-        if t is not None and type(t) not in _PLAIN:
-            return None
-    if not _plain_eager() or not _compiled_here(x):
-        return None
-    try:
-        return torch.ops.petal_C.gated_residual_autograd(
-            x, h, u, granularity, adapter_scale, gate_scale, gate_logits, gate_weight, gate_bias, gate_vector,
-            dropout_mask, dropout_p, dropout_seed)
-    except (RuntimeError, TypeError, ValueError):
-        return None
-
-
-def _compiled_here(x: Tensor) -> bool:
-    if x.is_cpu:
-        return _backend.compiled_cpu() and _compiled_autograd()
-    return x.is_cuda and _backend.backend_name(x.device) == "cuda" and _compiled_autograd()

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench import memory, report
+from bench import memory, paired, report
+from bench.grid import GRIDS
 
 MIB = 1024 ** 2
 
@@ -19,9 +20,7 @@ MIB = 1024 ** 2
 
 
 def _params(grid: str, scale: str = "default") -> list:
-    from bench import conftest as bench_conftest
-
-    return [p.values[0] for p in bench_conftest.GRIDS[grid](scale) if p.values[0].device == "cpu"]
+    return [p.values[0] for p in GRIDS[grid](scale) if p.values[0].device == "cpu"]
 
 
 @pytest.mark.parametrize("grid", ["dma_linear_param", "dma_linear_multi_param"])
@@ -269,8 +268,6 @@ def test_report_dma_target_uses_the_paired_ratio(tmp_path):
 
 
 def test_paired_ratios_alternate_and_time_both():
-    from bench import conftest as bench_conftest
-
     calls = []
 
     def fast():
@@ -280,7 +277,7 @@ def test_paired_ratios_alternate_and_time_both():
         calls.append("floor")
         time.sleep(0.002)
 
-    ratios = bench_conftest._paired_ratios(fast, slow, 4)
+    ratios = paired.paired_ratios(fast, slow, 4)
     assert len(ratios) == 4 and all(0 < r < 1 for r in ratios)
     assert calls[2:6] == ["impl", "floor", "floor", "impl"]  # after one warm-up call each
 
@@ -307,8 +304,6 @@ def test_report_gated_targets_use_the_paired_speedup(tmp_path):
 
 
 def test_warm_paired_ratios_time_each_call_after_one_of_its_own():
-    from bench import conftest as bench_conftest
-
     calls = []
 
     def impl():
@@ -317,5 +312,5 @@ def test_warm_paired_ratios_time_each_call_after_one_of_its_own():
     def floor():
         calls.append("floor")
 
-    bench_conftest._paired_ratios(impl, lambda: floor() or time.sleep(0.001), 2, warm=True)
+    paired.paired_ratios(impl, lambda: floor() or time.sleep(0.001), 2, warm=True)
     assert calls[2:] == ["impl", "impl", "floor", "floor", "floor", "floor", "impl", "impl"]

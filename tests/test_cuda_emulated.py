@@ -80,9 +80,9 @@ def emu_ops(build, lib):
     from torch.utils.cpp_extension import include_paths, library_paths
 
     out, objects = build
-    cpu_bindings = (ROOT / "csrc" / "cpu" / "bindings.cpp").read_text()
-    schemas = re.search(r"TORCH_LIBRARY\(petal_C, m\) \{.*?\n\}", cpu_bindings, re.S)
-    assert schemas, "csrc/cpu/bindings.cpp has no TORCH_LIBRARY(petal_C, m) block"
+    library = (ROOT / "csrc" / "library.cpp").read_text()
+    schemas = re.search(r"TORCH_LIBRARY\(petal_C, m\) \{.*?\n\}", library, re.S)
+    assert schemas, "csrc/library.cpp has no TORCH_LIBRARY(petal_C, m) block"
     (out / "schemas.inc").write_text(schemas.group(0).replace("petal_C,", "petal_C_emu,", 1))
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"
     obj = out / "bindings_emu.o"

@@ -163,17 +163,6 @@ def test_gradcheck_multi():
                                     [inputs[n] for n in names])
 
 
-def test_opcheck():
-    i = make_inputs((3, 4), 10, 8, 3, "row", True, True, False)
-    torch.library.opcheck(torch.ops.petal.dma_linear.default,
-                          (i["x"], i["weight"], i["bias"], i["down"], i["up"], i["scale"], i["gamma"]))
-    m = _multi_inputs((6,), 9, 4, (5, 7), ("vector", "row"), (False, False))
-    torch.library.opcheck(
-        torch.ops.petal.dma_linear_multi.default,
-        (m["x"], [m["weight0"], m["weight1"]], [m["bias0"], m["bias1"]], m["down"],
-         [m["up0"], m["up1"]], [m["scale0"], m["scale1"]], [None, None]))
-
-
 def test_frozen_weight_gets_no_grad():
     """weight/bias that require grad are treated as frozen: no gradient is produced for them."""
     i = make_inputs((4,), 6, 5, 2, "vector", False, True, False)

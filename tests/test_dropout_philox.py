@@ -112,14 +112,6 @@ def test_gradcheck_with_dropout(backend_name, granularity):
             [inputs[n] for n in names])
 
 
-@pytest.mark.parametrize("granularity", pk.GRANULARITIES)
-def test_opcheck_with_dropout(granularity):
-    i = make_inputs(granularity, (2, 4, 6), mask=False, seed=3)
-    args = (i["x"], i["h"], i["u"], granularity, 0.5, 2.0, i.get("gate_logits"), i.get("gate_weight"),
-            i.get("gate_bias"), i.get("gate_vector"), None, 0.2, torch.tensor(11))
-    torch.library.opcheck(torch.ops.petal.gated_residual.default, args)
-
-
 @pytest.mark.parametrize("backend_name", [b for b in CPU_BACKENDS if b != "triton"])
 def test_backward_saves_no_mask(backend_name):
     inputs = make_inputs("large", (4, 8, 32), mask=False)

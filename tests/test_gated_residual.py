@@ -82,15 +82,6 @@ def test_gradcheck(backend_name, granularity, adapter_scale):
                                         [inputs[n] for n in names])
 
 
-@pytest.mark.parametrize("granularity", pk.GRANULARITIES)
-@pytest.mark.parametrize("adapter_scale", [0.5, 1.0])
-def test_opcheck(granularity, adapter_scale):
-    i = make_inputs(granularity, (2, 4, 6), seed=3)
-    args = (i["x"], i["h"], i["u"], granularity, adapter_scale, 2.0, i.get("gate_logits"),
-            i.get("gate_weight"), i.get("gate_bias"), i.get("gate_vector"), i.get("dropout_mask"))
-    torch.library.opcheck(torch.ops.petal.gated_residual.default, args)
-
-
 def test_identity_gates_reduce_to_plain_residual():
     """middleY with g = 0 and no dropout is exactly x + gate_scale * (h + adapter_scale * u)."""
     i = make_inputs("middleY", (2, 3, 8), mask=False)

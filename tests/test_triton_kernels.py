@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 
+from petal_kernels import GRANULARITIES
 from petal_kernels import reference as ref
 
 triton_backend = pytest.importorskip("petal_kernels.triton")
@@ -249,7 +250,6 @@ def gr_compare(inp):
     assert_matches(dtype, {k: ours[k] for k in keep}, base, {k: truth[k] for k in keep})
 
 
-GRANULARITIES = ("large", "middleX", "middleY", "small")
 # (B, T, d): widths at / just above a power of two, rows not a multiple of the 4-row tile, one row
 GR_SHAPES = {"one-row": (1, 1, 16), "pow2-width": (2, 5, 32), "odd": (3, 7, 33)}
 

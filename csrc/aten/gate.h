@@ -14,7 +14,8 @@ inline Gate parse_gate(std::string_view name) {
   if (name == "large") return Gate::large;
   if (name == "middleX") return Gate::middleX;
   if (name == "middleY") return Gate::middleY;
-  TORCH_CHECK_VALUE(name == "small", "granularity must be one of large, middleX, middleY, small; got ", name);
+  TORCH_CHECK_VALUE(name == "small", "granularity must be one of ('large', 'middleX', 'middleY', 'small'), got '",
+                    name, "'");
   return Gate::small;
 }
 

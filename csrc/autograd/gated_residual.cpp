@@ -1,27 +1,28 @@
-// petal_C::gated_residual_autograd: the differentiable gated_residual that eager calls run on the compiled
-// backends (cpu, cuda). The same canonicalisation and autograd formula as petal_kernels/_ops.py's
-// petal::gated_residual, in C++: the Python autograd.Function over the same kernels cost ~0.13 ms more
-// per forward+backward (reshapes, argument handling, Function.apply; docs/GATED_CPU.md), as much as
-// the whole unfused form at a few rows.
-// torch.compile and functorch keep tracing the torch.library op (petal_kernels/_ops.py).
+// petal_C::gated_residual_autograd: petal_kernels.gated_residual's eager path on the compiled backends (cpu,
+// cuda). The same canonicalisation and autograd formula as petal_kernels/_ops.py's petal::gated_residual, in
+// C++: the registered op over the same kernels costs ~0.19 ms more per forward+backward at a few rows, a Python
+// autograd.Function ~0.08 ms more (argument handling, dispatcher round trips, Function.apply;
+// docs/notes/GATED_CPU.md), as much as the whole unfused epilogue at a few hundred rows.
+// torch.compile, functorch and tensor subclasses take the torch.library op (petal_kernels/_ops.py).
 //
 //   gated_residual_autograd(Tensor x, Tensor h, Tensor u, str granularity, float adapter_scale,
 //       float gate_scale, Tensor? gate_logits, Tensor? gate_weight, Tensor? gate_bias, Tensor? gate_vector,
 //       Tensor? dropout_mask, float dropout_p, int? dropout_seed) -> Tensor
 //
-// The op takes the public call's arguments as they come: under torch.autocast it casts the floating
-// operands to the autocast dtype, it accepts exactly the calls petal_kernels._checks accepts with at
-// least one row (and raises on anything else before computing: the Python wrapper then runs those checks
-// for the documented error), and it draws the dropout seed from the default generator when none is
-// given, as petal_kernels.philox.draw_seed does. The kernels get x, h, u (and gate_logits, dropout_mask)
-// as contiguous (rows, d), the gate parameters flattened. Backward: dL/dx is dout itself for the gates
-// that do not read x, dL/du is dL/dh when adapter_scale is 1; nothing is saved beyond the inputs and the
-// (rows,) gate scores. Double backward is refused (the kernels' backward is not differentiable).
+// The op takes the public call's arguments as they come: under torch.autocast it casts the floating operands
+// to the autocast dtype; it validates them as petal_kernels._checks does, raising the same errors (the Python
+// wrapper sends here only calls whose argument types the schema holds, with at least one row); and it draws
+// the dropout seed from the default generator when none is given, after the checks, as
+// petal_kernels.philox.draw_seed does. The kernels get x, h, u (and gate_logits, dropout_mask) as contiguous
+// (rows, d), the gate parameters flattened. Backward: dL/dx is dout itself for the gates that do not read x,
+// dL/du is dL/dh when adapter_scale is 1; nothing is saved beyond the inputs and the (rows,) gate scores.
+// Double backward is refused (the kernels' backward is not differentiable).
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <charconv>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -164,53 +165,116 @@ namespace {
 
 bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 
-// The checks of petal_kernels._checks.gated_residual, as one accept/reject decision.
-void check_operands(Gate gate, const Tensor& x, const Tensor& h, const Tensor& u, const OptTensor& logits,
-                    const OptTensor& weight, const OptTensor& bias, const OptTensor& vector, const OptTensor& mask,
-                    double dropout_p) {
-  const auto dtype = x.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
-                   "gated_residual_autograd: x must be a float16, bfloat16, float32 or float64 tensor, got ", dtype);
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) > 0 && x.numel() > 0,
-                    "gated_residual_autograd: x must have at least one row of a positive width, got shape ",
-                    x.sizes());
-  const int64_t d = x.size(-1);
-  auto like = [&](const char* name, const Tensor& t) {
-    TORCH_CHECK_TYPE(t.scalar_type() == dtype, "gated_residual_autograd: ", name, " has dtype ", t.scalar_type(),
-                     " but x has ", dtype);
-    TORCH_CHECK_VALUE(t.device() == x.device(), "gated_residual_autograd: ", name, " is on ", t.device(),
-                      " but x is on ", x.device());
-  };
-  auto shaped = [&](const char* name, const OptTensor& t, at::IntArrayRef sizes) {
-    TORCH_CHECK_VALUE(present(t), "gated_residual_autograd: this granularity needs ", name);
-    like(name, *t);
-    TORCH_CHECK_VALUE(t->sizes() == sizes, "gated_residual_autograd: ", name, " must have shape ", sizes,
-                      ", got ", t->sizes());
-  };
-  auto absent = [&](const char* name, const OptTensor& t) {
-    TORCH_CHECK_VALUE(!present(t), "gated_residual_autograd: ", name, " is not used by this granularity");
-  };
-  shaped("h", h, x.sizes());
-  shaped("u", u, x.sizes());
-  const bool row_gate = gate == Gate::middleX || gate == Gate::small;
-  if (gate == Gate::large) shaped("gate_logits", logits, x.sizes()); else absent("gate_logits", logits);
-  if (gate == Gate::middleY) shaped("gate_vector", vector, {d}); else absent("gate_vector", vector);
-  if (row_gate) {
-    shaped("gate_weight", weight, {gate == Gate::small ? 2 * d : d});
-    TORCH_CHECK_VALUE(present(bias) && bias->numel() == 1 && bias->dim() <= 1,
-                      "gated_residual_autograd: gate_bias must be a one-element tensor of shape () or (1,)");
-    like("gate_bias", *bias);
-  } else {
-    absent("gate_weight", weight);
-    absent("gate_bias", bias);
+// Python's spelling of the values in the messages, so both paths of petal_kernels.gated_residual raise the
+// same documented errors (tests/test_op_errors.py compares them).
+std::string py_shape(at::IntArrayRef sizes) {
+  std::string s = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+  return s + (sizes.size() == 1 ? ",)" : ")");
+}
+
+std::string py_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    case at::kShort: return "torch.int16";
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kBool: return "torch.bool";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: return std::string("torch.") + c10::toString(t);
   }
-  TORCH_CHECK_VALUE(gate != Gate::small || x.dim() == 3, "gated_residual_autograd: granularity 'small' needs x of "
-                    "shape (B, T, d), got ", x.sizes());
-  if (present(mask)) shaped("dropout_mask", mask, x.sizes());
-  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "gated_residual_autograd: dropout_p must be in [0, 1), "
-                    "got ", dropout_p);
+}
+
+std::string py_float(double v) {
+  char buf[32];
+  const auto end = std::to_chars(buf, buf + sizeof(buf), v).ptr;
+  std::string s(buf, end);
+  return s.find_first_of(".en") == std::string::npos ? s + ".0" : s;  // repr(1.0) is '1.0'
+}
+
+std::string desc(const Tensor& t) {  // petal_kernels._checks._desc
+  return "shape " + py_shape(t.sizes()) + ", dtype " + py_dtype(t.scalar_type()) + ", device " + t.device().str();
+}
+
+// petal_kernels._checks.gated_residual for the calls that reach this op (the Python wrapper sends every call
+// with another argument type, zero rows or a seed tensor through those checks instead): the same errors,
+// in the same order.
+void check_operands(std::string_view granularity, const Tensor& x, const Tensor& h, const Tensor& u,
+                    const OptTensor& logits, const OptTensor& weight, const OptTensor& bias, const OptTensor& vector,
+                    const OptTensor& mask, double dropout_p) {
+  const Gate gate = parse_gate(granularity);
+  const auto dtype = x.scalar_type();
+  auto floating = [](const char* name, const Tensor& t) {
+    const auto type = t.scalar_type();
+    TORCH_CHECK_TYPE(type == at::kFloat || type == at::kDouble || type == at::kBFloat16 || type == at::kHalf, name,
+                     " must be a floating tensor (float16, bfloat16, float32 or float64), got ", desc(t));
+  };
+  auto like_x = [&](const char* name, const OptTensor& t) {
+    TORCH_CHECK_TYPE(present(t), name, " must be a tensor, got None");
+    floating(name, *t);
+    TORCH_CHECK_TYPE(t->scalar_type() == dtype, name, " has dtype ", py_dtype(t->scalar_type()), " but x has dtype ",
+                     py_dtype(dtype), "; cast all inputs to one dtype (or run under torch.autocast)");
+    TORCH_CHECK_VALUE(t->device() == x.device(), name, " is on device ", t->device().str(), " but x is on ",
+                      x.device().str());
+  };
+  auto shaped = [](const char* name, const Tensor& t, at::IntArrayRef sizes, const std::string& what) {
+    TORCH_CHECK_VALUE(t.sizes() == sizes, name, " must have shape ", py_shape(sizes), " (", what, "), got ",
+                      desc(t));
+  };
+  floating("x", x);
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least one dim (*, d), got ", desc(x));
+  TORCH_CHECK_VALUE(x.numel() > 0, "petal_C::gated_residual_autograd needs at least one row of a positive width "
+                    "(petal_kernels.gated_residual runs empty inputs on the registered op), got ", desc(x));
+  like_x("h", h);
+  shaped("h", h, x.sizes(), "same as x");
+  like_x("u", u);
+  shaped("u", u, x.sizes(), "same as x");
+  const bool row_gate = gate == Gate::middleX || gate == Gate::small;
+  const struct {
+    const char* name;
+    const OptTensor& value;
+    bool needed;
+    const char* users;
+  } gates[] = {{"gate_logits", logits, gate == Gate::large, "large"},
+               {"gate_weight", weight, row_gate, "middleX / small"},
+               {"gate_bias", bias, row_gate, "middleX / small"},
+               {"gate_vector", vector, gate == Gate::middleY, "middleY"}};
+  for (const auto& g : gates) {
+    if (g.needed) {
+      like_x(g.name, g.value);
+    } else {
+      TORCH_CHECK_VALUE(!present(g.value), g.name, " is only used by granularity ", g.users,
+                        ", but granularity is '", granularity, "'; pass None");
+    }
+  }
+  const int64_t d = x.size(-1);
+  if (gate == Gate::large) {
+    shaped("gate_logits", *logits, x.sizes(), "same as x");
+  } else if (gate == Gate::middleY) {
+    shaped("gate_vector", *vector, {d}, "d=" + std::to_string(d) + " from x");
+  } else {
+    const int64_t width = gate == Gate::middleX ? d : 2 * d;
+    shaped("gate_weight", *weight, {width},
+           gate == Gate::middleX ? "d=" + std::to_string(d) + " from x" : "2d=" + std::to_string(width) + " from x: [x; h']");
+    TORCH_CHECK_VALUE(bias->numel() == 1 && bias->dim() <= 1,
+                      "gate_bias must be a scalar tensor of shape () or (1,), got ", desc(*bias));
+  }
+  TORCH_CHECK_VALUE(gate != Gate::small || x.dim() == 3,
+                    "granularity 'small' gates per example and needs x of shape (B, T, d), got ", desc(x));
+  if (present(mask)) {
+    like_x("dropout_mask", mask);
+    shaped("dropout_mask", *mask, x.sizes(), "same as x");
+  }
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "dropout_p must be in [0, 1), got ", py_float(dropout_p));
   TORCH_CHECK_VALUE(dropout_p == 0.0 || !present(mask),
-                    "gated_residual_autograd: dropout_mask and dropout_p > 0 are exclusive");
+                    "pass either dropout_mask (a mask made by the caller) or dropout_p (dropout made in the kernel), "
+                    "not both; got a mask and dropout_p=", py_float(dropout_p));
 }
 
 // Under torch.autocast every floating operand runs in the autocast dtype (petal_kernels/_autocast.py).
@@ -227,7 +291,6 @@ Tensor gated_residual_autograd(const Tensor& x_, const Tensor& h_, const Tensor&
                                const OptTensor& gate_weight_, const OptTensor& gate_bias_,
                                const OptTensor& gate_vector_, const OptTensor& dropout_mask_, double dropout_p,
                                std::optional<int64_t> dropout_seed) {
-  const Gate gate = parse_gate(granularity);
   const auto device = x_.device().type();
   std::optional<at::ScalarType> cast;
   if (at::autocast::is_autocast_enabled(device)) cast = at::autocast::get_autocast_dtype(device);
@@ -235,7 +298,7 @@ Tensor gated_residual_autograd(const Tensor& x_, const Tensor& h_, const Tensor&
   const OptTensor gate_logits = autocast(gate_logits_, cast), gate_weight = autocast(gate_weight_, cast),
                   gate_bias = autocast(gate_bias_, cast), gate_vector = autocast(gate_vector_, cast),
                   dropout_mask = autocast(dropout_mask_, cast);
-  check_operands(gate, x, h, u, gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask, dropout_p);
+  check_operands(granularity, x, h, u, gate_logits, gate_weight, gate_bias, gate_vector, dropout_mask, dropout_p);
   int64_t seed = dropout_seed.value_or(0);
   if (dropout_p > 0.0 && !dropout_seed.has_value()) {  // philox.draw_seed: [0, 2**63 - 1) from the generator
     seed = at::randint(0, std::numeric_limits<int64_t>::max(), at::IntArrayRef{}, at::TensorOptions().dtype(at::kLong))

@@ -2,6 +2,7 @@
 // element epilogues (petal/dma_linear.h) as fused row-parallel passes.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <torch/library.h>
 
 #include <vector>
 
@@ -336,3 +337,8 @@ dma_linear_backward(at::TensorList dys, const at::Tensor& x, at::TensorList weig
 }
 
 }  // namespace petal_C::cpu
+
+TORCH_LIBRARY_IMPL(petal_C, CPU, m) {  // schemas: csrc/library.cpp
+  m.impl("dma_linear_forward", &petal_C::cpu::dma_linear_forward);
+  m.impl("dma_linear_backward", &petal_C::cpu::dma_linear_backward);
+}

@@ -2,6 +2,7 @@
 // (two for "small", whose gate is a per-example mean). Element math: petal/gated_residual.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <torch/library.h>
 
 #include <type_traits>
 #include <vector>
@@ -512,3 +513,8 @@ gated_residual_backward(const at::Tensor& dout, const at::Tensor& x, const at::T
 }
 
 }  // namespace petal_C::cpu
+
+TORCH_LIBRARY_IMPL(petal_C, CPU, m) {  // schemas: csrc/library.cpp
+  m.impl("gated_residual_forward", &petal_C::cpu::gated_residual_forward);
+  m.impl("gated_residual_backward", &petal_C::cpu::gated_residual_backward);
+}

@@ -1,4 +1,4 @@
-// CUDA kernels of the petal_C operators (schemas: csrc/cpu/bindings.cpp). Built only in a CUDA build.
+// CUDA kernels of the petal_C operators (schemas: csrc/library.cpp). Built only in a CUDA build.
 // GEMMs are ATen calls on CUDA tensors (cuBLAS); the element-wise passes are the launchers of
 // csrc/cuda/*.cu, run on the current stream. Semantics: petal_kernels/reference.py.
 #include <ATen/ATen.h>

@@ -74,6 +74,18 @@ __device__ __forceinline__ A block_sum(A v, A (*buf)[32], int parity) {
   return total;
 }
 
+// fn(T{}) for the element type T of `dtype` (float, __half, __nv_bfloat16, double).
+template <typename Fn>
+cudaError_t dispatch(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::f32: return fn(float{});
+    case DType::f16: return fn(__half{});
+    case DType::bf16: return fn(__nv_bfloat16{});
+    case DType::f64: return fn(double{});
+  }
+  return cudaErrorInvalidValue;
+}
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
 
 inline int sm_count() {

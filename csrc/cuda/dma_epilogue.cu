@@ -16,6 +16,7 @@ namespace cuda {
 namespace {
 
 using detail::acc_t;
+using detail::dispatch;
 using detail::load;
 using detail::store;
 
@@ -132,17 +133,6 @@ bool all_aligned(std::initializer_list<const void*> ptrs) {
     if (p && !detail::aligned16(p)) return false;
   }
   return true;
-}
-
-template <typename Fn>
-cudaError_t dispatch(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::f32: return fn(float{});
-    case DType::f16: return fn(__half{});
-    case DType::bf16: return fn(__nv_bfloat16{});
-    case DType::f64: return fn(double{});
-  }
-  return cudaErrorInvalidValue;
 }
 
 // Launches the vector instantiation of a flat kernel when the row width allows 16-byte vectors and

@@ -19,6 +19,7 @@ namespace cuda {
 namespace {
 
 using detail::acc_t;
+using detail::dispatch;
 using detail::block_sum;
 using detail::load;
 using detail::store;
@@ -591,17 +592,6 @@ size_t backward_workspace_of(const GatedResidualArgs& a) {
   size_t bytes = aligned_bytes<A>(blocks * partial_cols(a));
   if (a.granularity == Granularity::small) bytes += 2 * aligned_bytes<A>(a.rows) + aligned_bytes<A>(2 * a.batch);
   return bytes;
-}
-
-template <typename Fn>
-cudaError_t dispatch(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::f32: return fn(float{});
-    case DType::f16: return fn(__half{});
-    case DType::bf16: return fn(__nv_bfloat16{});
-    case DType::f64: return fn(double{});
-  }
-  return cudaErrorInvalidValue;
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
-// petal_C: the compiled operators of petal_kernels, and the Python module petal_kernels._C that loads them.
+// petal_C: the compiled operators of petal_kernels, and the Python module _C that defines them (see
+// petal_kernels/_build_spec.py for the modules of a build).
 //
-// Schemas (device-neutral; CPU kernels registered here, CUDA kernels by csrc/cuda's TORCH_LIBRARY_IMPL):
+// Schemas (device-neutral; the CPU kernels register in csrc/cpu's kernel files, compiled into the CPU kernel
+// module of each ISA; the CUDA kernels by csrc/cuda's TORCH_LIBRARY_IMPL):
 //   dma_linear_forward(Tensor x, Tensor[] weights, Tensor?[] biases, Tensor down, Tensor[] ups,
 //                      Tensor[] scales, Tensor?[] gammas) -> (Tensor[] ys, Tensor t, Tensor[] bases)
 //   dma_linear_backward(Tensor[] dys, Tensor x, Tensor[] weights, Tensor down, Tensor[] ups, Tensor[] scales,
@@ -17,18 +19,11 @@
 // rows, scale (R,) or (M, R), gate_bias (1,)); dropout_p > 0 drops by the Philox stream of dropout_seed
 // (csrc/include/petal/philox.h) instead of a mask; a gradient that is not needed or not used is a 0-element tensor.
 // bases[j] is a 0-element tensor when gammas[j] is None. needs = (x, down, ups, scales, gammas).
-#include <Python.h>
 #include <torch/library.h>
 
-#include "ops.h"
+#include "module_init.h"
 
-extern "C" {
-// `import petal_kernels._C` runs the static registrations below; the module itself is empty.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
+PETAL_PYTHON_MODULE()  // `import` runs the static registrations below; the module itself is empty
 
 TORCH_LIBRARY(petal_C, m) {
   m.def(
@@ -47,11 +42,4 @@ TORCH_LIBRARY(petal_C, m) {
       "float adapter_scale, float gate_scale, Tensor? gate_logits, Tensor? gate_weight, Tensor? gate_bias, "
       "Tensor? gate_vector, Tensor? dropout_mask, float dropout_p, int dropout_seed, int batch, Tensor stat) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(petal_C, CPU, m) {
-  m.impl("dma_linear_forward", &petal_C::cpu::dma_linear_forward);
-  m.impl("dma_linear_backward", &petal_C::cpu::dma_linear_backward);
-  m.impl("gated_residual_forward", &petal_C::cpu::gated_residual_forward);
-  m.impl("gated_residual_backward", &petal_C::cpu::gated_residual_backward);
 }
