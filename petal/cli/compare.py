@@ -20,14 +20,24 @@ def add_parser(sub) -> None:
                    help="print the plan and its estimated time (GPU hours for the paper grid); load nothing")
     p.add_argument("--only", help="comma-separated tables to run: main, few-shot, ablation, timing, experts, "
                    "vl-pet")
-    p.add_argument("--jobs", type=positive_int, default=1,
-                   help="runs in parallel, each in its own process with cores/jobs torch threads (default 1)")
+    p.add_argument("--jobs", type=positive_int, default=None,
+                   help="runs in parallel, each in its own process with cores/jobs torch threads (default: "
+                        "one per core for the compare model, whose small ops use one core best; 1 for "
+                        "checkpoints)")
     p.add_argument("--cache-image-features", action="store_true",
                    help="every experiment caches its frozen vision encoder's outputs (computed once per "
                         "image, reused in later epochs; exact, refused where it would not be)")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite results.json, REPORT.md and the plots from the finished runs; train nothing")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+
+def default_jobs(grid) -> int:
+    import os
+
+    if any(s.model.get("kind") != "compare" for s in grid.settings.values()):
+        return 1
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 def run(args) -> int:
@@ -52,15 +62,16 @@ def run(args) -> int:
         grid.experiments[:] = [dataclasses.replace(e, cache_image_features=True) for e in grid.experiments]
     output = Path(args.output or f"runs/compare-{grid.name}")
     plan = make_plan(grid, only)
+    jobs = args.jobs or default_jobs(grid)
     if args.dry_run:
-        print(plan_text(plan, output if output.is_dir() else None))
+        print(plan_text(plan, output if output.is_dir() else None, jobs))
         return 0
     if args.report_only:
         refused = refusals(plan)
     else:
-        print(plan_text(plan, output if output.is_dir() else None))
+        print(plan_text(plan, output if output.is_dir() else None, jobs))
         print()
-        summary = run_plan(plan, output, jobs=args.jobs, progress=args.progress)
+        summary = run_plan(plan, output, jobs=jobs, progress=args.progress)
         refused = summary.refused
         print(f"ran {summary.ran} runs, skipped {summary.skipped} finished ones, in "
               f"{summary.seconds / 60:.1f} min")

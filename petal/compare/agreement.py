@@ -68,8 +68,8 @@ def _ranking(summaries, paper, table_key, metric, paper_col, what, setting=None)
         best = max(pet, key=lambda k: pet[k][0])
         tied = [k for k in pet if k != "petal" and abs(pet[k][0] - pet["petal"][0]) < 0.05]
         if tied and pet["petal"][0] >= pet[best][0] - 0.05:
-            out.append(f"PETAL ties with {', '.join(tied)} here (to 0.05 points), where the paper has it ahead "
-                       "of every parameter-efficient method.")
+            out.append(f"PETAL ties with {', '.join(tied)} here (to 0.05 points), where the paper has it "
+                       "ahead of every parameter-efficient method.")
         elif best == "petal":
             second = max((k for k in pet if k != "petal"), key=lambda k: pet[k][0])
             out.append(f"As in the paper, PETAL is the best parameter-efficient method here, ahead of "

@@ -8,7 +8,9 @@ A setting's ``data`` object:
   "train_limit": null, "val_limit": 1000, "test_limit": null}``
 
 and optionally ``"few_shot": N`` (train on N records drawn from the training set with ``few_shot_seed``,
-default 0; the same N records for every method and seed of the setting).
+default 0; the same N records for every method and seed of the setting) and ``"options": {...}``, more
+keyword arguments for :class:`~petal.data.synthetic.SyntheticShapes` or :func:`~petal.data.sources.load_data`
+(e.g. a data set revision, or instruction sets when the data offers them).
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from typing import Callable
 from torch.utils.data import Dataset, Subset
 
 _KEYS = {"source", "families", "domain", "seed", "train_scenes", "val_scenes", "test_scenes", "train_limit",
-         "val_limit", "test_limit", "few_shot", "few_shot_seed"}
+         "val_limit", "test_limit", "few_shot", "few_shot_seed", "options"}
 
 
 def check(data: dict, where: str) -> None:
     unknown = sorted(set(data) - _KEYS)
     if unknown:
         raise ValueError(f"{where}: unknown data keys {unknown}; known keys are {sorted(_KEYS)}")
+    if not isinstance(data.get("options", {}), dict):
+        raise ValueError(f"{where}: options must be an object of keyword arguments, got {data['options']!r}")
     few = data.get("few_shot")
     if few is not None and (isinstance(few, bool) or not isinstance(few, int) or few < 1):
         raise ValueError(f"{where}: few_shot must be null or a positive integer, got {few!r}")
@@ -34,18 +38,20 @@ def check(data: dict, where: str) -> None:
 def load_splits(data: dict, image_size: int) -> dict:
     """``{"train", "val", "test"}`` data sets of records for a setting's ``data`` object."""
     source = data.get("source", "synthetic")
+    options = data.get("options", {})
     if source == "synthetic":
         from ..data.synthetic import FAMILIES, SyntheticShapes
 
         families = tuple(data.get("families") or FAMILIES)
         splits = {split: SyntheticShapes(split, num_scenes=data.get(f"{split}_scenes"),
                                          seed=data.get("seed", 0), families=families, image_size=image_size,
-                                         domain=data.get("domain", "standard"))
+                                         domain=data.get("domain", "standard"), **options)
                   for split in ("train", "val", "test")}
     else:
         from ..data.sources import load_data
 
-        splits = {split: load_data(source, split, limit=data.get(f"{split}_limit"), image_size=image_size)
+        splits = {split: load_data(source, split, limit=data.get(f"{split}_limit"), image_size=image_size,
+                                   **options)
                   for split in ("train", "val", "test")}
     if data.get("few_shot"):
         splits["train"] = few_shot(splits["train"], data["few_shot"], data.get("few_shot_seed", 0))

@@ -28,7 +28,8 @@ def flow(config: dict) -> str:
     return _FLOW.get(config.get("method"), "qformer")
 
 
-def steps_of(ep: ExperimentPlan, train_records: Optional[int]) -> int:
+def steps_of(ep: ExperimentPlan, train_records: Optional[int], processes: int = 1) -> int:
+    """Optimizer steps of one run (``processes`` data-parallel workers share an epoch)."""
     budget = ep.setting.budget
     if budget.max_steps:
         return budget.max_steps
@@ -36,7 +37,7 @@ def steps_of(ep: ExperimentPlan, train_records: Optional[int]) -> int:
         raise ValueError(f"setting {ep.setting.name!r} trains by epochs; its estimate needs train_records")
     few = ep.setting.data.get("few_shot")
     records = min(few, train_records) if few else train_records
-    return max(1, math.ceil(budget.epochs * records / budget.batch_size))
+    return max(1, math.ceil(budget.epochs * records / (budget.batch_size * processes)))
 
 
 def cpu_run_seconds(ep: ExperimentPlan, estimate: dict, measured: Optional[float] = None) -> float:
@@ -51,9 +52,9 @@ def cpu_run_seconds(ep: ExperimentPlan, estimate: dict, measured: Optional[float
             + estimate.get("run_overhead_seconds", 0))
 
 
-def gpu_step_flops(ep: ExperimentPlan, estimate: dict, cached_images: bool = False) -> float:
+def gpu_example_flops(ep: ExperimentPlan, estimate: dict, cached_images: bool = False) -> float:
     """FLOPs of one training example (forward + backward) for this experiment's method."""
-    m = _model_sizes(ep, estimate)
+    m = _sizes(ep, estimate)
     vision = 0.0 if cached_images else 2 * m["vision_params"] * m["vision_tokens"]
     qformer = 2 * m["qformer_params"] * m["qformer_tokens"]
     lm = 2 * (m["lm_encoder_params"] * m["lm_input_tokens"] + m["lm_decoder_params"] * m["lm_output_tokens"])
@@ -67,33 +68,44 @@ def gpu_step_flops(ep: ExperimentPlan, estimate: dict, cached_images: bool = Fal
 
 
 def gpu_eval_flops(ep: ExperimentPlan, estimate: dict) -> float:
-    m = _model_sizes(ep, estimate)
+    m = _sizes(ep, estimate)
     beams = ep.content.get("eval", {}).get("num_beams", 5)
     return 2 * (m["vision_params"] * m["vision_tokens"] + m["qformer_params"] * m["qformer_tokens"]
                 + m["lm_encoder_params"] * m["lm_input_tokens"]
                 + beams * m["lm_decoder_params"] * m["lm_output_tokens"])
 
 
-def _model_sizes(ep: ExperimentPlan, estimate: dict) -> dict:
+def _sizes(ep: ExperimentPlan, estimate: dict) -> dict:
+    """The model's parameter counts and the setting's token counts."""
     name = ep.setting.model.get("name")
     sizes = estimate.get("models", {}).get(name)
-    if sizes is None:
-        raise ValueError(f"the grid's estimate section has no sizes for model {name!r}")
-    return sizes
+    tokens = estimate.get("tokens", {}).get(ep.setting.source)
+    if sizes is None or tokens is None:
+        raise ValueError(f"the grid's estimate section needs models[{name!r}] and "
+                         f"tokens[{ep.setting.source!r}]")
+    return {**sizes, **tokens}
+
+
+def gpu_train_flops(ep: ExperimentPlan, estimate: dict) -> float:
+    """FLOPs of one run's training (the cached vision encoder runs in the first epoch only)."""
+    train_records = estimate.get("train_records", {}).get(ep.setting.source)
+    budget = ep.setting.budget
+    if budget.max_steps:
+        examples = budget.max_steps * budget.batch_size * estimate["gpus"]
+    else:
+        few = ep.setting.data.get("few_shot")
+        examples = budget.epochs * (min(few, train_records) if few else train_records)
+    epochs = budget.epochs if not budget.max_steps else max(1.0, examples / train_records)
+    flops = gpu_example_flops(ep, estimate) * examples
+    if ep.content.get("cache_image_features"):
+        saved = gpu_example_flops(ep, estimate) - gpu_example_flops(ep, estimate, cached_images=True)
+        flops -= saved * examples * (1 - 1 / epochs)
+    return flops
 
 
 def gpu_run_seconds(ep: ExperimentPlan, estimate: dict) -> float:
-    source = ep.setting.source
-    train_records = estimate.get("train_records", {}).get(source)
-    test_records = estimate.get("test_records", {}).get(source, 0)
-    steps = steps_of(ep, train_records)
-    examples = steps * ep.setting.budget.batch_size
-    epochs = max(1.0, examples / max(1, train_records or examples))
-    flops = gpu_step_flops(ep, estimate) * examples
-    if ep.content.get("cache_image_features"):  # the vision encoder runs in the first epoch only
-        saved = gpu_step_flops(ep, estimate) - gpu_step_flops(ep, estimate, cached_images=True)
-        flops -= saved * examples * (1 - 1 / epochs)
-    flops += gpu_eval_flops(ep, estimate) * test_records
+    test_records = estimate.get("test_records", {}).get(ep.setting.source, 0)
+    flops = gpu_train_flops(ep, estimate) + gpu_eval_flops(ep, estimate) * test_records
     throughput = estimate["gpus"] * estimate["peak_tflops"] * 1e12 * estimate["mfu"]
     return flops / throughput
 
@@ -117,6 +129,36 @@ def pretrain_seconds(plan: Plan) -> float:
     return pretrain.steps * est.get("pretrain_seconds_per_step", 0.0)
 
 
+def projected_table5(grid_name: str = "paper") -> Optional[str]:
+    """PETAL's training time relative to full fine-tuning on the real model, by the FLOP model of the
+    paper grid, with and without the feature cache (a projection, not a measurement)."""
+    from .grid import load_grid
+    from .plan import make_plan
+
+    plan = make_plan(load_grid(grid_name))
+    by = {ep.experiment.name: ep for ep in plan.runnable}
+    est = plan.grid.estimate
+    parts, vision_share = [], None
+    for source in ("flickr30k", "okvqa"):
+        names = (f"main/{source}/full", f"main/{source}/petal", f"timing/{source}/petal-cached",
+                 f"timing/{source}/full-cached")
+        if not all(n in by for n in names):
+            continue
+        full, petal, cached, full_cached = (gpu_train_flops(by[n], est) for n in names)
+        one = by[names[1]]
+        vision_share = 1 - gpu_example_flops(one, est, cached_images=True) / gpu_example_flops(one, est)
+        parts.append(f"{source}: PETAL {petal / full:.2f}x, PETAL with cached image features "
+                     f"{cached / full:.2f}x, full fine-tuning with cached features {full_cached / full:.2f}x")
+    if not parts:
+        return None
+    model = plan.grid.model.get("name")
+    return (f"Projected for {model} over {plan.grid.budget.epochs:g} epochs by the paper grid's FLOP model "
+            f"(not measured; `petal compare --grid paper --dry-run` states its assumptions): "
+            + "; ".join(parts) + f". Its vision encoder is {100 * vision_share:.0f}% of a PETAL training "
+            "step's FLOPs there; the compare model's is tiny (64 wide, 2 layers), so the cache saves little "
+            "on it.")
+
+
 def plan_seconds(plan: Plan, measured: Optional[dict] = None) -> dict:
     """``{content_key: seconds of all its runs}`` for the unique runnable experiments."""
     measured = measured or {}
@@ -125,4 +167,5 @@ def plan_seconds(plan: Plan, measured: Optional[dict] = None) -> dict:
             for ep in plan.unique()}
 
 
-__all__ = ["flow", "gpu_step_flops", "plan_seconds", "pretrain_seconds", "run_seconds", "steps_of"]
+__all__ = ["flow", "gpu_example_flops", "gpu_train_flops", "plan_seconds", "pretrain_seconds",
+           "projected_table5", "run_seconds", "steps_of"]

@@ -58,7 +58,19 @@ def _splits(data: dict, image_size: int) -> dict:
 
 
 def execute(task: Task) -> dict:
-    """Train and evaluate one run; write and return its result."""
+    """Train and evaluate one run (with ``task.threads`` torch threads); write and return its result."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    try:
+        return _execute(task)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _execute(task: Task) -> dict:
     import torch
 
     import petal
@@ -67,8 +79,6 @@ def execute(task: Task) -> dict:
     from ..models.feature_cache import enable_feature_cache
     from ..train import TrainSettings, train_model
 
-    if task.threads:
-        torch.set_num_threads(task.threads)
     content = task.content
     loaded = base_for(content["model"], Path(task.base_dir), log=lambda s: None)
     splits = _splits(content["data"], loaded.image_size)
@@ -98,7 +108,10 @@ def execute(task: Task) -> dict:
         r = evaluate(model, splits[split], loaded.eval_collator, loaded.decode,
                      batch_size=ev.get("batch_size", 32), num_beams=ev.get("num_beams", 5),
                      max_new_tokens=ev.get("max_new_tokens", 20), generate=generate)
-        return {"loss": r["loss"], "metrics": r["metrics"], "num_examples": r["num_examples"]}
+        out = {"loss": r["loss"], "metrics": r["metrics"], "num_examples": r["num_examples"]}
+        if generate:  # kept so the run can be rescored without training it again
+            out["predictions"] = {str(row["id"]): row["prediction"] for row in r["rows"]}
+        return out
 
     eval_start = time.perf_counter()
     val = measure("val", generate=task.select_metric != "loss")

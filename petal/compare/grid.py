@@ -7,7 +7,8 @@
      "budget": {"max_steps": 60, "batch_size": 16, "lrs": [3e-4, 1e-3, 3e-3], "seeds": 3, ...},
      "select": {"metric": "loss", "mode": "min"},        # the learning rate chosen on val by this
      "eval": {"num_beams": 5, "max_new_tokens": 12, "batch_size": 64},
-     "settings": {"rotated": {"data": {...}, "budget": {...optional overrides...}, "model": {...optional}}}}
+     "settings": {"rotated": {"data": {...}, "budget": {...optional overrides...}, "model": {...optional},
+                              "select": {...optional}}}}
 
 The shipped grids live in ``petal/compare/grids/<name>``; ``--grid`` takes such a name or a folder.
 """
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .data import check as check_data
 from .experiment import Experiment
 
 GRIDS_DIR = Path(__file__).parent / "grids"
@@ -84,6 +86,7 @@ class Setting:
     data: dict
     budget: Budget
     model: dict
+    select: dict                    # how its learning rate is chosen on val
 
     @property
     def source(self) -> str:
@@ -108,6 +111,21 @@ class Grid:
             raise ValueError(f"setting {name!r} is not defined in {self.root / GRID_FILE} "
                              f"(settings: {sorted(self.settings)})")
         return self.settings[name]
+
+
+def budget_text(grid: Grid) -> str:
+    """The budgets of a grid's settings in words (settings that share one are listed together)."""
+    groups: dict = {}
+    for name, s in grid.settings.items():
+        groups.setdefault(json.dumps([asdict(s.budget), s.select], sort_keys=True), []).append(name)
+    parts = []
+    for key, names in groups.items():
+        b, select = json.loads(key)
+        length = f"{b['max_steps']} steps" if b["max_steps"] else f"{b['epochs']:g} epochs"
+        parts.append(f"{', '.join(names)}: learning rates {b['lrs']} at seed 0, the best on val by "
+                     f"{select['mode']} {select['metric']}, then seeds 1..{b['seeds'] - 1} at it; batch "
+                     f"{b['batch_size']}, {length}, weight decay {b['weight_decay']:g}")
+    return "; ".join(parts)
 
 
 def shipped_grids() -> list[str]:
@@ -140,9 +158,7 @@ def load_grid(spec: str) -> Grid:
         raise ValueError(f"{path}: unknown keys {unknown}; a grid has {sorted(allowed)}")
     model = _model(data.get("model", {"kind": "compare"}), f"{path}: model")
     budget = Budget.from_dict(data.get("budget", {}), f"{path}: budget")
-    select = dict(data.get("select", {"metric": "loss", "mode": "min"}))
-    if not isinstance(select.get("metric"), str) or select.get("mode") not in SELECT_MODES:
-        raise ValueError(f"{path}: select needs a metric name and mode 'min' or 'max', got {select!r}")
+    select = _select(data.get("select", {"metric": "loss", "mode": "min"}), f"{path}: select")
     settings = {}
     raw_settings = data.get("settings")
     if not isinstance(raw_settings, dict) or not raw_settings:
@@ -151,12 +167,14 @@ def load_grid(spec: str) -> Grid:
         where = f"{path}: settings.{name}"
         if not isinstance(s, dict) or not isinstance(s.get("data"), dict):
             raise ValueError(f"{where} must be an object with a 'data' object")
-        extra = sorted(set(s) - {"data", "budget", "model"})
+        extra = sorted(set(s) - {"data", "budget", "model", "select"})
         if extra:
-            raise ValueError(f"{where}: unknown keys {extra}; a setting has data, budget, model")
+            raise ValueError(f"{where}: unknown keys {extra}; a setting has data, budget, model, select")
+        check_data(s["data"], f"{where}.data")
         merged = {**asdict(budget), **s.get("budget", {})}
         settings[name] = Setting(name, dict(s["data"]), Budget.from_dict(merged, f"{where}.budget"),
-                                 _model(s.get("model", model), f"{where}.model"))
+                                 _model(s.get("model", model), f"{where}.model"),
+                                 _select(s.get("select", select), f"{where}.select"))
     grid = Grid(name=str(data.get("name", root.name)), root=root,
                 description=str(data.get("description", "")), model=model, budget=budget, select=select,
                 eval=dict(data.get("eval", {})), settings=settings, estimate=dict(data.get("estimate", {})))
@@ -174,6 +192,13 @@ def _experiments(root: Path) -> list[Experiment]:
     if not files:
         raise ValueError(f"grid {root}: experiments/ holds no .json files")
     return [Experiment.from_file(f, f.relative_to(folder).with_suffix("").as_posix()) for f in files]
+
+
+def _select(data, where: str) -> dict:
+    ok = isinstance(data, dict) and isinstance(data.get("metric"), str) and data.get("mode") in SELECT_MODES
+    if not ok:
+        raise ValueError(f"{where} needs a metric name and mode 'min' or 'max', got {data!r}")
+    return dict(data)
 
 
 def _model(data, where: str) -> dict:
@@ -202,4 +227,4 @@ def _integer(x, low: int) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= low
 
 
-__all__ = ["Budget", "GRIDS_DIR", "GRID_FILE", "Grid", "Setting", "load_grid", "shipped_grids"]
+__all__ = ["Budget", "GRIDS_DIR", "GRID_FILE", "Grid", "Setting", "budget_text", "load_grid", "shipped_grids"]

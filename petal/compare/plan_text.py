@@ -7,6 +7,7 @@ from typing import Optional
 
 from ..cli.common import table
 from . import estimate
+from .grid import budget_text
 from .plan import Plan
 from .results import read_result
 
@@ -24,7 +25,8 @@ def measured_step_seconds(plan: Plan, output: Optional[Path]) -> dict:
     return found
 
 
-def plan_text(plan: Plan, output: Optional[Path] = None) -> str:
+def plan_text(plan: Plan, output: Optional[Path] = None, jobs: int = 1) -> str:
+    """The plan; CPU estimates are wall time with ``jobs`` runs in parallel."""
     grid, est = plan.grid, plan.grid.estimate
     gpu = est.get("device", "cpu") == "gpu"
     measured = {} if gpu else measured_step_seconds(plan, output)
@@ -43,22 +45,20 @@ def plan_text(plan: Plan, output: Optional[Path] = None) -> str:
         first = ep.content_key not in shared
         shared.add(ep.content_key)
         cost = _duration(seconds[ep.content_key], gpu) if first else "(shares the runs above)"
-        steps = estimate.steps_of(ep, est.get("train_records", {}).get(ep.setting.source)) if (
+        records = est.get("train_records", {}).get(ep.setting.source)
+        steps = estimate.steps_of(ep, records, est.get("gpus", 1) if gpu else 1) if (
             b.max_steps or gpu) else f"{b.epochs:g} epochs"
         rows.append([exp.name, exp.table, exp.preset + (" +overrides" if exp.overrides else ""), exp.setting,
                      f"{len(b.lrs)} lr x seed 0 + {b.seeds - 1} seeds" if first else "-", str(steps), cost])
     lines.append(table(["experiment", "table", "preset", "setting", "runs", "steps/run", "estimate"], rows))
     lines.append("")
-    b = grid.budget
-    lines.append(f"budget (every method of a setting alike): learning rates {list(b.lrs)} at seed 0, the "
-                 f"best on val by {grid.select['mode']} {grid.select['metric']}, then seeds 1..{b.seeds - 1} "
-                 f"at it; batch {b.batch_size}; mean ± std over {b.seeds} seeds")
+    lines.append(f"budget (every method of a setting alike) - {budget_text(grid)}")
     total = sum(seconds.values())
     pre = estimate.pretrain_seconds(plan)
     if gpu:
         node_hours = total / 3600
         lines.append(f"estimate: {plan.run_count} runs, {node_hours:.1f} hours on {est['gpus']} GPUs = "
-                     f"{node_hours * est['gpus']:.0f} GPU hours")
+                     f"{node_hours * est['gpus']:.0f} GPU hours" + _uncounted(plan))
         lines.append(f"  from a FLOP count, not a measurement: {est.get('source', '')}")
         lines.append("  " + _table5_check(plan))
     else:
@@ -68,8 +68,10 @@ def plan_text(plan: Plan, output: Optional[Path] = None) -> str:
 
         cached = output is not None and (base_dir(output, grid.model) / "pretrain.json").is_file()
         pre = 0.0 if cached else pre
-        lines.append(f"estimate: {plan.run_count} runs, {_duration(total + pre, False)} (pre-training the "
-                     f"compare model: {'cached' if cached else _duration(pre, False)})")
+        lines.append(f"estimate: {plan.run_count} runs, {_duration(total / jobs, False)} with {jobs} run(s) "
+                     f"at a time, plus pre-training the compare model: "
+                     f"{'cached' if cached else _duration(pre, False)} "
+                     f"(total {_duration(total / jobs + pre, False)})" + _uncounted(plan))
         lines.append(f"  step times: {where}{est.get('source', 'the grid estimate table')}")
     if plan.blocked:
         lines.append("")
@@ -79,13 +81,17 @@ def plan_text(plan: Plan, output: Optional[Path] = None) -> str:
     return "\n".join(lines)
 
 
+def _uncounted(plan: Plan) -> str:
+    return f"; the {len(plan.blocked)} refused experiments are not counted" if plan.blocked else ""
+
+
 def _table5_check(plan: Plan) -> str:
     """The FLOP model's Table-5 ratio next to the paper's, so the estimate can be judged."""
     est = plan.grid.estimate
     by_method = {}
     for ep in plan.unique():
         if ep.experiment.table == "main" and ep.setting.model.get("name") in est.get("models", {}):
-            by_method.setdefault(estimate.flow(ep.content["petal"]), estimate.gpu_step_flops(ep, est))
+            by_method.setdefault(estimate.flow(ep.content["petal"]), estimate.gpu_example_flops(ep, est))
     if "qformer-weights" not in by_method or "qformer" not in by_method:
         return ""
     ratio = by_method["qformer"] / by_method["qformer-weights"]

@@ -13,7 +13,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
-from . import agreement
+from . import agreement, estimate
+from .grid import budget_text
 from .plan import Plan
 from .plots import experts_of, write_plots
 from .results import RESULTS_FILE, read_result, write_json
@@ -126,7 +127,7 @@ def _cell(s: Optional[ExperimentSummary], metric: str) -> str:
 
 
 def _note(cells: dict) -> str:
-    notes = sorted({s.status for s in cells.values() if s.status})
+    notes = sorted({s.note for s in cells.values() if s.note})
     return "; ".join(notes)
 
 
@@ -200,7 +201,7 @@ def table4(summaries: list) -> str:
         delta = f" ({avg - ref_avg:+.1f})" if avg is not None and ref_avg is not None and s is not ref else ""
         out.append([s.method, *ticks, params(s.trainable),
                     *[_cell(s, m) for m in ABLATION_METRICS], f"{avg:.1f}{delta}" if avg is not None else "-",
-                    s.status])
+                    s.note])
     header = ["Method", "DMA", "AIM", "SIB", "Tunable", *[_NAMES[m] for m in ABLATION_METRICS],
               "Avg (Δ PETAL)", "note"]
     return f"{title}\n\n{md_table(header, out)}"
@@ -232,10 +233,11 @@ def table5(summaries: list, paper: dict) -> str:
         mem = f"{s.peak_memory_bytes / 2**20:.0f} MiB" if s.peak_memory_bytes else "-"
         step = per.text(scale=1000.0, digits=0) + (" ms" if per.mean else "")
         out.append([s.method, s.setting, "yes" if s.cached else "no", params(s.trainable), step, rel,
-                    rel_wall, mem, prange, s.status])
+                    rel_wall, mem, prange, s.note])
     header = ["Method", "Setting", "cached image features", "Tunable", "s/step", "relative (step)",
               "relative (train wall)", "peak memory", "paper (5 data sets)", "note"]
-    return f"{title}\n\n{md_table(header, out)}"
+    projection = estimate.projected_table5()
+    return f"{title}\n\n{md_table(header, out)}" + (f"\n\n{projection}" if projection else "")
 
 
 def table_experts(summaries: list, figure: Optional[Path]) -> str:
@@ -247,7 +249,7 @@ def table_experts(summaries: list, figure: Optional[Path]) -> str:
     metrics = [m for m in ("vqa_accuracy", "cider", "rougeL_f")
                if any(s.stat(m).mean is not None for s in rows)]
     out = [[experts_of(s) if experts_of(s) is not None else "-", s.method, params(s.trainable),
-            *[_cell(s, m) for m in metrics], s.status] for s in rows]
+            *[_cell(s, m) for m in metrics], s.note] for s in rows]
     fig = f"\n\n![experts curve]({figure.name})" if figure else ""
     header = ["K", "Method", "Tunable", *[_NAMES[m] for m in metrics], "note"]
     return f"{title}\n\n{md_table(header, out)}{fig}"
@@ -265,7 +267,7 @@ def table_vl_pet(summaries: list) -> str:
         avg = vl_pet_avg(s)
         out.append([s.method, vl.get("granularity", "-"), vl.get("variant", "-"), params(s.trainable),
                     *[_cell(s, m) for m in VL_PET_METRICS], f"{avg:.1f}" if avg is not None else "-",
-                    s.status])
+                    s.note])
     header = ["Method", "granularity", "heads", "Tunable", *[_NAMES[m] for m in VL_PET_METRICS], "Avg",
               "note"]
     return f"{title}\n\n{md_table(header, out)}"
@@ -283,15 +285,11 @@ def _header(plan: Plan, summaries: list, output: Path) -> str:
     base_info = _base_info(output)
     env = results[0]["environment"] if results else {}
     run_seconds = sum(r["train_seconds"] + r.get("eval_seconds", 0) for r in _all_results(plan, output))
-    b = grid.budget
     lines = [f"# petal compare — grid `{grid.name}`", "", grid.description, "",
              f"- Model: `{json.dumps(grid.model, sort_keys=True)}`"
              + (f" — {params(min(totals))} parameters before patching" if totals else ""),
-             f"- Budget, the same for every method of a setting: learning rates {list(b.lrs)} at seed 0, the "
-             f"best chosen on val by {grid.select['mode']} `{grid.select['metric']}`, then seeds "
-             f"1..{b.seeds - 1} at that rate; batch {b.batch_size}, {b.max_steps or f'{b.epochs:g} epochs'} "
-             "steps; every number below is the mean ± std over the seeds at the chosen rate, on the test "
-             "split.",
+             f"- Budget, the same for every method of a setting: {budget_text(grid)}. Every number below is "
+             "the mean ± std over the seeds at the chosen rate, on the test split.",
              "- Settings: " + "; ".join(f"`{n}`: `{json.dumps(s.data, sort_keys=True)}`"
                                          for n, s in grid.settings.items()),
              f"- Evaluation: `{json.dumps(grid.eval, sort_keys=True)}`",
@@ -308,7 +306,7 @@ def _all_results(plan: Plan, output: Path):
     from .results import experiment_runs
 
     for ep in plan.unique():
-        _, runs = experiment_runs(ep, output, plan.grid.select)
+        _, runs = experiment_runs(ep, output)
         for run in runs:
             r = read_result(output, run)
             if r:

@@ -77,10 +77,11 @@ def metric(result: dict, split: str, name: str) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def choose_lr(plan: ExperimentPlan, output: Path, select: dict) -> Optional[float]:
-    """The sweep's best learning rate on val by ``select`` (first in sweep order on ties); ``None`` until
-    every sweep run has finished. A run whose val metric is missing or not finite (diverged) never wins
-    unless all are."""
+def choose_lr(plan: ExperimentPlan, output: Path) -> Optional[float]:
+    """The sweep's best learning rate on val by its setting's ``select`` (first in sweep order on ties);
+    ``None`` until every sweep run has finished. A run whose val metric is missing or not finite (diverged)
+    never wins unless all are."""
+    select = plan.setting.select
     scores = []
     for run in plan.sweep_runs():
         result = read_result(output, run)
@@ -95,9 +96,9 @@ def choose_lr(plan: ExperimentPlan, output: Path, select: dict) -> Optional[floa
     return best(valid, key=lambda lv: lv[1])[0]
 
 
-def experiment_runs(plan: ExperimentPlan, output: Path, select: dict) -> tuple[Optional[float], list[Run]]:
+def experiment_runs(plan: ExperimentPlan, output: Path) -> tuple[Optional[float], list[Run]]:
     """(chosen lr or None, every run of the experiment known so far: the sweep, then the other seeds)."""
-    lr = choose_lr(plan, output, select)
+    lr = choose_lr(plan, output)
     runs = plan.sweep_runs()
     if lr is not None:
         runs += plan.seed_runs(lr)
@@ -108,7 +109,7 @@ def rows(plan: Plan, output: Path) -> list[dict]:
     """The rows of ``results.json``: one per finished run of every runnable experiment."""
     out = []
     for ep in plan.runnable:
-        lr, runs = experiment_runs(ep, output, plan.grid.select)
+        lr, runs = experiment_runs(ep, output)
         for run in runs:
             result = read_result(output, run)
             if result is None:

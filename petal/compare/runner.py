@@ -53,16 +53,15 @@ def run_plan(plan: Plan, output: Path, jobs: int = 1, progress: bool = True,
     for model in {json.dumps(ep.setting.model, sort_keys=True): ep.setting.model for ep in unique}.values():
         execute.base_for(model, base_dir(output, model), log=log)  # pre-trains once, before any worker starts
     per_run = {ep.content_key: estimate.run_seconds(ep, plan.grid.estimate) for ep in unique}
-    todo = {ep.content_key: _count_todo(ep, output, plan.grid.select) for ep in unique}
+    todo = {ep.content_key: _count_todo(ep, output) for ep in unique}
     summary.skipped = plan.run_count - sum(todo.values())
     if summary.skipped:
         log(f"{summary.skipped} of {plan.run_count} runs already finished in {output}: skipped")
     bar = _bar(sum(per_run[k] * n for k, n in todo.items()), sum(todo.values()), progress)
-    threads = None
-    if jobs > 1:
-        import os
+    import torch
 
-        threads = max(1, (os.cpu_count() or jobs) // jobs)
+    # in this process the caller's thread count stands (petal --threads); workers split it between them
+    threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
     refused_keys: dict = {}
     try:
         with _Executor(jobs, threads) as pool:
@@ -74,7 +73,7 @@ def run_plan(plan: Plan, output: Path, jobs: int = 1, progress: bool = True,
                     if phase == "sweep":
                         runs = ep.sweep_runs()
                     else:
-                        lr = choose_lr(ep, output, plan.grid.select)
+                        lr = choose_lr(ep, output)
                         runs = ep.seed_runs(lr) if lr is not None else []
                     tasks += [(ep, run) for run in runs if read_result(output, run) is None]
                 for ep, run, error, _ in pool.run(
@@ -95,9 +94,9 @@ def run_plan(plan: Plan, output: Path, jobs: int = 1, progress: bool = True,
     return summary
 
 
-def _count_todo(ep: ExperimentPlan, output: Path, select: dict) -> int:
+def _count_todo(ep: ExperimentPlan, output: Path) -> int:
     todo = sum(read_result(output, r) is None for r in ep.sweep_runs())
-    lr = choose_lr(ep, output, select)
+    lr = choose_lr(ep, output)
     return todo + ((ep.setting.budget.seeds - 1) if lr is None else sum(
         read_result(output, r) is None for r in ep.seed_runs(lr)))
 
@@ -106,7 +105,7 @@ def _task(ep: ExperimentPlan, run: Run, output: Path, plan: Plan, threads: Optio
     return execute.Task(key=run.key, content_key=ep.content_key, content=ep.content, lr=run.lr, seed=run.seed,
                         result_file=str(result_path(output, run)),
                         base_dir=str(base_dir(output, ep.setting.model)),
-                        select_metric=plan.grid.select["metric"], threads=threads)
+                        select_metric=ep.setting.select["metric"], threads=threads)
 
 
 def _attempt(task: execute.Task):

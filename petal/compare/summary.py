@@ -64,6 +64,14 @@ class ExperimentSummary:
         return self.metrics.get(name, Stat(None, None, 0))
 
     @property
+    def note(self) -> str:
+        """The status, or a warning that the chosen rate is the sweep's smallest or largest."""
+        lrs = self.plan.setting.budget.lrs
+        if not self.status and len(lrs) > 1 and self.lr in (min(lrs), max(lrs)):
+            return f"chosen lr at the edge of the sweep {list(lrs)}"
+        return self.status
+
+    @property
     def status(self) -> str:
         if self.refused:
             return f"refused: {self.refused}"
@@ -90,7 +98,7 @@ def summarize(plan: Plan, output: Path, refused: Optional[dict] = None) -> list[
         out.append(s)
         if not ep.runnable:
             continue
-        lr, runs = experiment_runs(ep, Path(output), plan.grid.select)
+        lr, runs = experiment_runs(ep, Path(output))
         s.lr = lr
         results = [r for r in (read_result(output, run) for run in runs if run.lr == lr) if r is not None]
         if lr is None or not results:
