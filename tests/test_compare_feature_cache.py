@@ -11,8 +11,8 @@ from petal.embedded import EmbeddedSpec, build_embedded_model
 from petal.models.feature_cache import enable_feature_cache, image_keys
 from petal.train import TrainSettings, train_model
 
-SPEC = EmbeddedSpec(vision_hidden=16, vision_layers=1, qformer_hidden=32, qformer_layers=1, num_query_tokens=4,
-                    lm_hidden=16, lm_layers=1, heads=2)
+SPEC = EmbeddedSpec(vision_hidden=16, vision_layers=1, qformer_hidden=32, qformer_layers=1,
+                    num_query_tokens=4, lm_hidden=16, lm_layers=1, heads=2)
 SMALL = petal.PetalConfig(dma=petal.DMAConfig(rank=4), aim=petal.AIMConfig(num_experts=2, expert_rank=4),
                           sib=petal.SIBConfig(proj_dim=4))
 
@@ -37,8 +37,8 @@ def _train(data, cache: bool, config=SMALL):
     petal.patch(model, config)
     handle = enable_feature_cache(model) if cache else None
     collator = WordCollator(tok, SPEC.num_query_tokens, SPEC.image_size)
-    result = train_model(model, data, collator, TrainSettings(max_steps=9, batch_size=4, lr=1e-2, warmup_steps=1,
-                                                              progress=False, seed=0), log=lambda s: None)
+    settings = TrainSettings(max_steps=9, batch_size=4, lr=1e-2, warmup_steps=1, progress=False, seed=0)
+    result = train_model(model, data, collator, settings, log=lambda s: None)
     return model, [loss for _, loss in result.losses], handle
 
 
@@ -60,7 +60,8 @@ def test_training_with_the_cache_equals_training_without(data):
 def test_the_cache_serves_the_features_the_encoder_computes(data):
     model, tok = build_embedded_model(seed=0, spec=SPEC)
     petal.patch(model, SMALL)
-    pixels = WordCollator(tok, SPEC.num_query_tokens, SPEC.image_size)([data[i] for i in range(4)])["pixel_values"]
+    collator = WordCollator(tok, SPEC.num_query_tokens, SPEC.image_size)
+    pixels = collator([data[i] for i in range(4)])["pixel_values"]
     with torch.no_grad():
         want = model.vision_model(pixel_values=pixels).last_hidden_state
         with enable_feature_cache(model) as cache:

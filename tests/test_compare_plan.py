@@ -113,7 +113,8 @@ def test_gpu_estimate_counts_the_cache_and_the_method():
 
 def test_refusals_and_bad_files_name_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="unknown keys \\['lr'\\]"):
-        Experiment.from_dict({"table": "main", "method": "x", "preset": "petal", "setting": "s", "lr": 1}, "e")
+        Experiment.from_dict({"table": "main", "method": "x", "preset": "petal", "setting": "s", "lr": 1},
+                             "e")
     with pytest.raises(ValueError, match="table must be one of"):
         Experiment.from_dict({"table": "nope", "method": "x", "preset": "petal", "setting": "s"}, "e")
     exp = Experiment.from_dict({"table": "main", "method": "x", "preset": "petal", "setting": "s",

@@ -68,12 +68,14 @@ def test_runs_write_result_files_results_json_report_and_plots(finished):
         assert {"cider", "rougeL_f", "vqa_accuracy"} <= set(r["test"]["metrics"])
         assert r["val"]["loss"] is not None
         assert sum(r["data"]["train_ids_used"].values()) == 2 * 4  # 2 steps of batch 4
-        assert len(r["data"]["test_ids"]) == 4  # 2 scenes x 2 families
+        assert len(r["data"]["test_ids"]) == len(r["data"]["val_ids"]) == 4  # 2 scenes x 2 families
+        assert set(r["test"]["predictions"]) == set(r["data"]["test_ids"])  # kept for rescoring
     rows = json.loads((out / "results.json").read_text())
     assert {(r["table"], r["method"]) for r in rows} == {("main", "PETAL"), ("main", "LoRA"),
                                                          ("experts", "PETAL, 1 expert")}
     for row in rows:
-        assert {"table", "method", "setting", "seed", "trainable_parameters", "metrics", "train_seconds"} <= set(row)
+        required = {"table", "method", "setting", "seed", "trainable_parameters", "metrics", "train_seconds"}
+        assert required <= set(row)
         assert row["selected"]
     report = (out / "REPORT.md").read_text()
     positions = [report.find(title) for title in TABLE_TITLES]

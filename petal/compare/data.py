@@ -79,8 +79,4 @@ class RecordingCollator:
         return self.collator(records)
 
 
-def ids_of(dataset: Dataset) -> list[str]:
-    return [str(dataset[i].get("id")) for i in range(len(dataset))]
-
-
-__all__ = ["RecordingCollator", "check", "few_shot", "ids_of", "load_splits"]
+__all__ = ["RecordingCollator", "check", "few_shot", "load_splits"]

@@ -8,6 +8,7 @@ in the main process or in a worker process (``--jobs``); bases and data sets are
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import re
 import statistics
@@ -96,11 +97,13 @@ def _execute(task: Task) -> dict:
     stamps = []
     device = next(model.parameters()).device
     _reset_peak(device)
+    load_before = _load()
     start = time.perf_counter()
     trained = train_model(model, splits["train"], collator, settings, log=lambda s: None,
                           on_step=lambda step, logs: stamps.append(time.perf_counter()))
     train_seconds = time.perf_counter() - start
     peak = _peak(device)
+    load_after = _load()
     steps = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
     ev = content["eval"]
 
@@ -108,7 +111,8 @@ def _execute(task: Task) -> dict:
         r = evaluate(model, splits[split], loaded.eval_collator, loaded.decode,
                      batch_size=ev.get("batch_size", 32), num_beams=ev.get("num_beams", 5),
                      max_new_tokens=ev.get("max_new_tokens", 20), generate=generate)
-        out = {"loss": r["loss"], "metrics": r["metrics"], "num_examples": r["num_examples"]}
+        out = {"loss": r["loss"], "metrics": r["metrics"], "num_examples": r["num_examples"],
+               "ids": [str(row["id"]) for row in r["rows"]]}
         if generate:  # kept so the run can be rescored without training it again
             out["predictions"] = {str(row["id"]): row["prediction"] for row in r["rows"]}
         return out
@@ -129,17 +133,26 @@ def _execute(task: Task) -> dict:
         "final_train_loss": trained.last_loss,
         "val": val, "test": test,
         "feature_cache": cache.stats() if cache is not None else None,
-        "data": {"train_ids_used": collator.ids, "val_ids": compare_data.ids_of(splits["val"]),
-                 "test_ids": compare_data.ids_of(splits["test"])},
+        "data": {"train_ids_used": collator.ids, "val_ids": val.pop("ids"), "test_ids": test.pop("ids")},
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
                         "machine": platform.machine(),
-                        "processor": platform.processor() or platform.machine()},
+                        "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                        # the 1-minute load average around training: above the core count, other processes
+                        # shared the CPU and the times above are inflated
+                        "load_average": [load_before, load_after]},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if cache is not None:
         cache.remove()
     write_json(Path(task.result_file), result)
     return result
+
+
+def _load() -> Optional[float]:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def _reset_peak(device) -> None:

@@ -237,7 +237,23 @@ def table5(summaries: list, paper: dict) -> str:
     header = ["Method", "Setting", "cached image features", "Tunable", "s/step", "relative (step)",
               "relative (train wall)", "peak memory", "paper (5 data sets)", "note"]
     projection = estimate.projected_table5()
-    return f"{title}\n\n{md_table(header, out)}" + (f"\n\n{projection}" if projection else "")
+    return (f"{title}\n\n{_load_note(rows)}{md_table(header, out)}"
+            + (f"\n\n{projection}" if projection else ""))
+
+
+def _load_note(rows: list) -> str:
+    """How busy the machine was: times measured on a CPU shared with other work are inflated unevenly."""
+    loads = [s.load_average for s in rows if s.load_average is not None]
+    cpus = next((s.cpus for s in rows if s.cpus), None)
+    if not loads or not cpus:
+        return ""
+    busy = max(loads) > 1.25 * cpus  # the grid's own workers (one per core) make a load of about the cores
+    return (f"The 1-minute load average around these runs reached {max(loads):.1f} on {cpus} cores"
+            + (" (well above the cores: other processes shared the CPU, so these times are inflated, "
+               "unevenly across methods; rerun on a quiet machine into a new --output to time them)"
+               if busy else
+               " (the grid's own runs: no other load)")
+            + ".\n\n")
 
 
 def table_experts(summaries: list, figure: Optional[Path]) -> str:

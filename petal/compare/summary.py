@@ -35,6 +35,8 @@ class ExperimentSummary:
     seconds_per_step: Stat = field(default_factory=lambda: Stat(None, None, 0))
     train_seconds: Stat = field(default_factory=lambda: Stat(None, None, 0))
     peak_memory_bytes: Optional[int] = None
+    load_average: Optional[float] = None          # the highest 1-minute load average seen around its runs
+    cpus: Optional[int] = None
 
     @property
     def name(self) -> str:
@@ -112,6 +114,10 @@ def summarize(plan: Plan, output: Path, refused: Optional[dict] = None) -> list[
         s.metrics = {name: Stat(*mean_std(values)) for name, values in per_metric.items()}
         s.seconds_per_step = Stat(*mean_std([r.get("seconds_per_step") for r in results]))
         s.train_seconds = Stat(*mean_std([r.get("train_seconds") for r in results]))
+        loads = [x for r in results for x in (r.get("environment", {}).get("load_average") or [])
+                 if x is not None]
+        s.load_average = max(loads) if loads else None
+        s.cpus = results[0].get("environment", {}).get("cpus")
         peaks = [r.get("peak_memory_bytes") for r in results if r.get("peak_memory_bytes")]
         s.peak_memory_bytes = max(peaks) if peaks else None
     return out
