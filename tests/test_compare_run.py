@@ -114,3 +114,18 @@ def test_a_missing_preset_is_refused_with_the_reason(finished, capsys):
     assert code == 1
     assert "incomplete: 1 experiments were refused" in printed
     assert "main/maple: preset 'maple' does not exist in this petal" in printed
+
+
+def test_cache_image_features_flag_makes_every_run_cache(tmp_path):
+    (tmp_path / "grid").mkdir()
+    root = write_grid(tmp_path / "grid", {"main/lora": EXPERIMENTS["main/lora"]})
+    out = tmp_path / "out"
+    code = main(["--threads", "1", "compare", "--grid", str(root), "--output", str(out), "--jobs", "1",
+                 "--no-progress", "--cache-image-features"])
+    assert code == 0
+    [path] = (out / "runs").rglob("seed*.json")
+    result = json.loads(path.read_text())
+    assert result["content"]["cache_image_features"] is True
+    assert result["feature_cache"]["images"] == 4 + 2 + 2  # train, val, test scenes: one image each
+    assert result["feature_cache"]["hits"] > 0
+    assert "None: every experiment of the grid ran." in (out / "REPORT.md").read_text()

@@ -37,7 +37,14 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def _ran(summaries, tables) -> list[ExperimentSummary]:
-    return [s for s in summaries if s.table in tables and s.seeds and not s.cached]
+    """Finished, uncached experiments of ``tables``, one per distinct training (the first table wins)."""
+    out, seen = [], set()
+    for table in tables:
+        for s in summaries:
+            if s.table == table and s.seeds and not s.cached and s.plan.content_key not in seen:
+                seen.add(s.plan.content_key)
+                out.append(s)
+    return out
 
 
 def tradeoff(summaries: list[ExperimentSummary], out: Path, x: str) -> Optional[Path]:
