@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .args import positive_int
@@ -71,7 +72,12 @@ def run(args) -> int:
     else:
         print(plan_text(plan, output if output.is_dir() else None, jobs))
         print()
-        summary = run_plan(plan, output, jobs=jobs, progress=args.progress)
+        try:
+            summary = run_plan(plan, output, jobs=jobs, progress=args.progress)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: every finished run is kept in {output / 'runs'}; run the same command "
+                  "again to continue (finished runs are skipped)", file=sys.stderr)
+            return 130
         refused = summary.refused
         print(f"ran {summary.ran} runs, skipped {summary.skipped} finished ones, in "
               f"{summary.seconds / 60:.1f} min")

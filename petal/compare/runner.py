@@ -117,6 +117,13 @@ def _attempt(task: execute.Task):
         return str(e), None
 
 
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the main process, which stops them."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Executor:
     """Runs tasks in this process (``jobs=1``) or in ``jobs`` worker processes; yields as they finish."""
 
@@ -127,12 +134,17 @@ class _Executor:
         if self.jobs > 1:
             import multiprocessing
 
-            self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_ignore_interrupts)
         return self
 
     def __exit__(self, kind, value, tb):
-        if self.pool is not None:
-            self.pool.shutdown(wait=kind is None, cancel_futures=True)
+        if self.pool is None:
+            return
+        if kind is not None:  # Ctrl-C or an error: stop the runs in progress (their results are not written)
+            for process in list(getattr(self.pool, "_processes", {}).values()):
+                process.terminate()
+        self.pool.shutdown(wait=kind is None, cancel_futures=True)
 
     def run(self, items):
         if self.pool is None:
