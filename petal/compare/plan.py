@@ -44,7 +44,6 @@ class ExperimentPlan:
     blocked: Optional[str] = None        # why it cannot run, or None
     content: dict = field(default_factory=dict)
     content_key: str = ""
-    trainable_hint: Optional[int] = None
 
     @property
     def runnable(self) -> bool:

@@ -43,6 +43,8 @@ def run_plan(plan: Plan, output: Path, jobs: int = 1, progress: bool = True,
              log: Callable[[str], None] = print) -> Summary:
     import time
 
+    import torch
+
     start = time.perf_counter()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -58,8 +60,6 @@ def run_plan(plan: Plan, output: Path, jobs: int = 1, progress: bool = True,
     if summary.skipped:
         log(f"{summary.skipped} of {plan.run_count} runs already finished in {output}: skipped")
     bar = _bar(sum(per_run[k] * n for k, n in todo.items()), sum(todo.values()), progress)
-    import torch
-
     # in this process the caller's thread count stands (petal --threads); workers split it between them
     threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
     refused_keys: dict = {}
