@@ -102,11 +102,14 @@ class PretrainSettings:
     warmup_steps: int = 20
     seed: int = 0
     data_seed: int = 0
+    families: tuple = BASE_FAMILIES     # question families of the pre-training data
 
 
 def _fingerprint(spec: EmbeddedSpec, settings: PretrainSettings, tokenizer: WordTokenizer) -> str:
-    blob = json.dumps({"spec": asdict(spec), "pretrain": asdict(settings), "vocab": tokenizer.vocab,
-                       "families": BASE_FAMILIES, "version": 7}, sort_keys=True)
+    pretrain = asdict(settings)
+    families = list(pretrain.pop("families"))  # keyed as before, so the default's fingerprint is unchanged
+    blob = json.dumps({"spec": asdict(spec), "pretrain": pretrain, "vocab": tokenizer.vocab,
+                       "families": families, "version": 7}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -200,7 +203,7 @@ def _build_once(path: Path, spec: EmbeddedSpec, settings: PretrainSettings, log:
             return found
         model, tokenizer = build_embedded_model(seed=settings.seed, spec=spec)
         model.requires_grad_(True)
-        data = SyntheticShapes("train", seed=settings.data_seed, families=BASE_FAMILIES,
+        data = SyntheticShapes("train", seed=settings.data_seed, families=settings.families,
                                image_size=spec.image_size)
         collator = WordCollator(tokenizer, spec.num_query_tokens, spec.image_size)
         start = time.perf_counter()

@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import demo, evaluate, presets, train
+from . import compare, demo, evaluate, presets, train
 from .args import positive_int
 
-COMMANDS = {"demo": demo, "train": train, "eval": evaluate, "presets": presets}
+COMMANDS = {"demo": demo, "train": train, "eval": evaluate, "presets": presets, "compare": compare}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,148 @@
+"""Each experiment's runs at its chosen learning rate, reduced to mean ± std: what the report, the plots and
+the comparison with the papers read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .plan import ExperimentPlan, Plan
+from .results import experiment_runs, mean_std, read_result
+
+
+@dataclass
+class Stat:
+    mean: Optional[float]
+    std: Optional[float]
+    n: int
+
+    def text(self, scale: float = 100.0, digits: int = 1) -> str:
+        if self.mean is None:
+            return "-"
+        body = f"{self.mean * scale:.{digits}f}"
+        return body + (f" ± {self.std * scale:.{digits}f}" if self.n > 1 else "")
+
+
+@dataclass
+class ExperimentSummary:
+    plan: ExperimentPlan
+    refused: Optional[str] = None           # why it did not run
+    lr: Optional[float] = None              # chosen on val
+    seeds: int = 0                          # finished runs at that rate
+    trainable: Optional[int] = None
+    metrics: dict = field(default_factory=dict)   # flattened test metric name -> Stat
+    seconds_per_step: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    train_seconds: Stat = field(default_factory=lambda: Stat(None, None, 0))
+    peak_memory_bytes: Optional[int] = None
+    load_average: Optional[float] = None          # the highest 1-minute load average seen around its runs
+    cpus: Optional[int] = None
+
+    @property
+    def name(self) -> str:
+        return self.plan.experiment.name
+
+    @property
+    def preset(self) -> str:
+        return self.plan.experiment.preset
+
+    @property
+    def method(self) -> str:
+        return self.plan.experiment.method
+
+    @property
+    def table(self) -> str:
+        return self.plan.experiment.table
+
+    @property
+    def setting(self) -> str:
+        return self.plan.experiment.setting
+
+    @property
+    def cached(self) -> bool:
+        return self.plan.experiment.cache_image_features
+
+    def stat(self, name: str) -> Stat:
+        return self.metrics.get(name, Stat(None, None, 0))
+
+    @property
+    def note(self) -> str:
+        """The status, or a warning that the chosen rate is the sweep's smallest or largest."""
+        lrs = self.plan.setting.budget.lrs
+        if not self.status and len(lrs) > 1 and self.lr in (min(lrs), max(lrs)):
+            return f"chosen lr at the edge of the sweep {list(lrs)}"
+        return self.status
+
+    @property
+    def status(self) -> str:
+        if self.refused:
+            return f"refused: {self.refused}"
+        if self.seeds == 0:
+            return "not run yet"
+        return ""
+
+
+def flatten(metrics: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def summarize(plan: Plan, output: Path, refused: Optional[dict] = None) -> list[ExperimentSummary]:
+    refused = refused or {}
+    out = []
+    for ep in plan.experiments:
+        s = ExperimentSummary(ep, refused=ep.blocked or refused.get(ep.experiment.name))
+        out.append(s)
+        if not ep.runnable:
+            continue
+        lr, runs = experiment_runs(ep, Path(output))
+        s.lr = lr
+        results = [r for r in (read_result(output, run) for run in runs if run.lr == lr) if r is not None]
+        if lr is None or not results:
+            continue
+        s.seeds = len(results)
+        s.trainable = results[0]["trainable_parameters"]
+        per_metric: dict = {}
+        for r in results:
+            for name, value in flatten((r.get("test") or {}).get("metrics", {})).items():
+                per_metric.setdefault(name, []).append(value)
+        s.metrics = {name: Stat(*mean_std(values)) for name, values in per_metric.items()}
+        s.seconds_per_step = Stat(*mean_std([r.get("seconds_per_step") for r in results]))
+        s.train_seconds = Stat(*mean_std([r.get("train_seconds") for r in results]))
+        loads = [x for r in results for x in (r.get("environment", {}).get("load_average") or [])
+                 if x is not None]
+        s.load_average = max(loads) if loads else None
+        s.cpus = results[0].get("environment", {}).get("cpus")
+        peaks = [r.get("peak_memory_bytes") for r in results if r.get("peak_memory_bytes")]
+        s.peak_memory_bytes = max(peaks) if peaks else None
+    return out
+
+
+ABLATION_METRICS = ("vqa_accuracy", "cider", "rougeL_f", "rougeL_r")
+
+
+def ablation_avg(s: ExperimentSummary) -> Optional[float]:
+    """The paper's Table 4 average: VQA accuracy, CIDEr, ROUGE-L F1 and recall, each x100."""
+    values = [s.stat(m).mean for m in ABLATION_METRICS]
+    return None if any(v is None for v in values) else 100 * sum(values) / len(values)
+
+
+def is_reference_petal(s: ExperimentSummary) -> bool:
+    return s.preset == "petal" and not s.plan.experiment.overrides
+
+
+VL_PET_METRICS = ("vqa_accuracy", "cider", "rougeL_f")
+
+
+def vl_pet_avg(s: ExperimentSummary) -> Optional[float]:
+    values = [s.stat(m).mean for m in VL_PET_METRICS if s.stat(m).mean is not None]
+    return 100 * sum(values) / len(values) if values and not s.status else None
+
+
+__all__ = ["ABLATION_METRICS", "VL_PET_METRICS", "ExperimentSummary", "Stat", "ablation_avg", "flatten",
+           "is_reference_petal", "summarize", "vl_pet_avg"]
