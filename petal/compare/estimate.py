@@ -4,8 +4,9 @@ model of the real checkpoints.
 * ``"device": "cpu"`` (the quick grid): the seconds per training step of each preset (or of an experiment,
   by its name, when its overrides change the cost: e.g. an ablation reading three instructions), measured on
   the grid's compare model and written into the grid's ``estimate`` section with the conditions they were
-  measured under; a preset without a measurement takes ``default``. Runs already finished in the output folder
-  contribute their own measured times instead.
+  measured under; a preset without a measurement takes ``default``. ``eval_seconds_per_record`` is a number
+  or a table of the same form (several instructions per image make evaluation slower too). Runs already
+  finished in the output folder contribute their own measured times instead.
 * ``"device": "gpu"`` (the paper grid): nothing of the real models is measured here (no GPU, no download).
   The step cost is counted in FLOPs from the models' sizes and token counts listed in the grid (forward
   ``2·params·tokens`` per part; the backward computes input gradients through every part between the
@@ -64,16 +65,21 @@ def steps_of(ep: ExperimentPlan, train_records: Optional[int], processes: int = 
     return max(1, math.ceil(budget.epochs * records / (budget.batch_size * processes)))
 
 
+def _lookup(table, ep: ExperimentPlan, default: float) -> float:
+    """A number, or ``{experiment name | preset | "default": number}`` looked up in that order."""
+    if not isinstance(table, dict):
+        return float(table)
+    return table.get(ep.experiment.name, table.get(ep.experiment.preset, table.get("default", default)))
+
+
 def cpu_run_seconds(ep: ExperimentPlan, estimate: dict, measured: Optional[float] = None) -> float:
-    table = estimate.get("seconds_per_step", {})
-    default = table.get(ep.experiment.preset, table.get("default", 1.0))
-    per_step = measured or table.get(ep.experiment.name, default)
+    per_step = measured or _lookup(estimate.get("seconds_per_step", {}), ep, 1.0)
     data = ep.setting.data
     test_records = data.get("test_scenes", 0) * len(data.get("families") or [1])
     steps = steps_of(ep, None)
     batch = ep.setting.budget.batch_size
     train = per_step * steps * batch / estimate.get("batch_size", batch)
-    return (train + estimate.get("eval_seconds_per_record", 0.0) * test_records
+    return (train + _lookup(estimate.get("eval_seconds_per_record", 0.0), ep, 0.0) * test_records
             + estimate.get("run_overhead_seconds", 0))
 
 

@@ -324,10 +324,11 @@ def table_experts(summaries: list, figure: Optional[Path]) -> str:
     rows.sort(key=lambda s: (experts_of(s) is None, experts_of(s) or 0))
     metrics = [m for m in ("vqa_accuracy", "cider", "rougeL_f")
                if any(s.stat(m).mean is not None for s in rows)]
-    out = [[experts_of(s) if experts_of(s) is not None else "-", s.method, params(s.trainable),
+    out = [[experts_of(s) if experts_of(s) is not None else "-", s.method,
+            instructions_read(s.plan.content) if s.plan.content else "-", params(s.trainable),
             *[_cell(s, m) for m in metrics], s.note] for s in rows]
     fig = f"![experts curve]({figure.name})" if figure else ""
-    header = ["K", "Method", "Tunable", *[_NAMES[m] for m in metrics], "note"]
+    header = ["K", "Method", "Q-Former reads", "Tunable", *[_NAMES[m] for m in metrics], "note"]
     return _with_notes(title, md_table(header, out), scorer_line(rows), fig)
 
 
