@@ -208,3 +208,18 @@ def test_kendall_tau_and_the_papers_numbers():
     assert paper["table1_captioning"]["rows"]["petal"][1] == 63.3   # Flickr30K CIDEr, FlanT5-xxl
     assert paper["table5_training_time"]["rows"]["petal"][1:] == [0.85, 0.88, 0.86, 0.85, 0.91]
     assert "source" in paper["table4_ablation"]
+
+
+def test_metric_text_fields_are_kept_apart_from_the_numbers():
+    from petal.compare.summary import flatten
+
+    metrics = {"cider": 1.5, "cider_tokenizer": "ptb-java", "rouge_variant": "petal-paper",
+               "vqa_accuracy": 0.5, "vqa_scorer": "mixed",
+               "vqa_accuracy_by_scorer": {"vqaEval": 0.4, "aokvqa-da": 0.6}, "vqa_skipped_difficult": 3,
+               "flag": True, "by_family": {"colour": {"vqa_scorer": "exact-match", "vqa_accuracy": 1}}}
+    assert flatten(metrics) == {"cider": 1.5, "vqa_accuracy": 0.5, "vqa_accuracy_by_scorer.vqaEval": 0.4,
+                                "vqa_accuracy_by_scorer.aokvqa-da": 0.6, "vqa_skipped_difficult": 3.0,
+                                "by_family.colour.vqa_accuracy": 1.0}
+    assert flatten(metrics, text=True) == {"cider_tokenizer": "ptb-java", "rouge_variant": "petal-paper",
+                                           "vqa_scorer": "mixed",
+                                           "by_family.colour.vqa_scorer": "exact-match"}

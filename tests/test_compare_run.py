@@ -219,16 +219,23 @@ def test_a_missing_preset_is_refused_with_the_reason(finished, capsys):
     assert "the grid has no `few-shot` experiments (or `--only` left them out)" in report
 
 
-def test_cache_image_features_flag_makes_every_run_cache(tmp_path):
+def test_cache_image_features_flag_makes_every_run_cache(finished, tmp_path):
     (tmp_path / "grid").mkdir()
-    root = write_grid(tmp_path / "grid", {"main/lora": EXPERIMENTS["main/lora"]})
+    root = write_grid(tmp_path / "grid", {name: EXPERIMENTS[name] for name in ("main/lora", "main/petal")})
     out = tmp_path / "out"
     code = main(["--threads", "1", "compare", "--grid", str(root), "--output", str(out), "--jobs", "1",
                  "--no-progress", "--cache-image-features"])
     assert code == 0
-    [path] = (out / "runs").rglob("seed*.json")
-    result = json.loads(path.read_text())
-    assert result["content"]["cache_image_features"] is True
-    assert result["feature_cache"]["images"] == 4 + 2 + 2  # train, val, test scenes: one image each
-    assert result["feature_cache"]["hits"] > 0
+    found = {}
+    for path in (out / "runs").rglob("seed*.json"):
+        result = json.loads(path.read_text())
+        found[result["content"]["petal"]["method"]] = result
+        assert result["content"]["cache_image_features"] is True
+        assert result["feature_cache"]["images"] == 4 + 2 + 2  # train, val, test scenes: one image each
+        assert result["feature_cache"]["hits"] > 0
+    assert set(found) == {"lora", "petal"}
+    # exact with three instructions per image too: the same losses as the uncached run
+    uncached = results_by_experiment(finished[0], finished[1])["main/petal"]
+    for split in ("val", "test"):
+        assert found["petal"][split]["loss"] == pytest.approx(uncached[split]["loss"], rel=1e-5)
     assert "None: every experiment of the grid ran." in (out / "REPORT.md").read_text()
