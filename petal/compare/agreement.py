@@ -8,7 +8,7 @@ import re
 from itertools import combinations
 from typing import Optional
 
-from .summary import ExperimentSummary, ablation_avg, is_reference_petal, vl_pet_avg
+from .summary import ExperimentSummary, ablation_avg, by_method, is_reference_petal, vl_pet_avg
 
 PET_PRESETS = ("head", "maple", "llama-adapter", "lora", "petal")
 
@@ -31,8 +31,7 @@ def _scores(summaries: list, table: str, metric: str, setting: Optional[str] = N
         if s.table == table and not s.cached and s.seeds and (setting is None or s.setting == setting):
             stat = s.stat(metric)
             if stat.mean is not None:
-                out.setdefault(s.preset if not s.plan.experiment.overrides else s.name, (100 * stat.mean,
-                                                                                       100 * (stat.std or 0)))
+                out.setdefault(s.row, (100 * stat.mean, 100 * (stat.std or 0)))
     return out
 
 
@@ -112,12 +111,14 @@ def _few_shot(summaries, paper) -> list[str]:
 
 
 def _ablation(summaries) -> list[str]:
-    rows = [s for s in summaries if s.table == "ablation" and s.seeds]
-    ref = next((s for s in rows if is_reference_petal(s)), None)
+    groups = [cells for cells in by_method([s for s in summaries if s.table == "ablation"]).values()
+              if any(s.seeds for s in cells)]
+    ref = next((cells for cells in groups if any(is_reference_petal(s) for s in cells)), None)
     if ref is None or ablation_avg(ref) is None:
         return []
     base = ablation_avg(ref)
-    others = [(s.method, ablation_avg(s)) for s in rows if s is not ref and ablation_avg(s) is not None]
+    others = [(cells[0].method, ablation_avg(cells)) for cells in groups
+              if cells is not ref and ablation_avg(cells) is not None]
     worse = [m for m, avg in others if avg < base]
     better = [m for m, avg in others if avg >= base]
     text = ("Ablations: in the paper every variant averages below full PETAL (by 0.4-3.0). "
@@ -128,8 +129,8 @@ def _ablation(summaries) -> list[str]:
 
 
 def _timing(summaries, paper) -> list[str]:
-    def per_step(preset, cached):
-        s = next((x for x in summaries if x.preset == preset and x.cached == cached
+    def per_step(row, cached):
+        s = next((x for x in summaries if x.row == row and x.cached == cached
                   and x.table in ("main", "timing") and x.seconds_per_step.mean), None)
         return s.seconds_per_step.mean if s else None
 
@@ -163,7 +164,10 @@ def _experts(summaries) -> list[str]:
 
 
 def _vl_pet(summaries, paper) -> list[str]:
-    rows = {s.preset: s for s in summaries if s.table == "vl-pet" and s.seeds}
+    rows: dict = {}
+    for s in summaries:
+        if s.table == "vl-pet" and s.seeds:
+            rows.setdefault(s.preset, []).append(s)
     large = rows.get("vl-pet-large")
     if not large or vl_pet_avg(large) is None:
         return []

@@ -7,18 +7,18 @@ A setting's ``data`` object:
 * a hub data set or folder (anything ``petal train --data`` takes): ``{"source": "okvqa",
   "train_limit": null, "val_limit": 1000, "test_limit": null}``
 
-and optionally ``"few_shot": N`` (train on N records drawn from the training set with ``few_shot_seed``,
-default 0; the same N records for every method and seed of the setting) and ``"options": {...}``, more
-keyword arguments for :class:`~petal.data.synthetic.SyntheticShapes` or :func:`~petal.data.sources.load_data`
-(e.g. a data set revision, or instruction sets when the data offers them).
+and optionally ``"few_shot": N`` (train on N examples drawn from the training set by
+:func:`petal.data.fewshot.few_shot` with ``few_shot_seed``, default 0: the same subset ``petal train
+--few-shot N --seed S`` draws, the same for every method and seed of the setting; its ids go into every
+result file) and ``"options": {...}``, more keyword arguments for
+:class:`~petal.data.synthetic.SyntheticShapes` or :func:`~petal.data.sources.load_data` (e.g. a data set
+revision, or ``"instructions": true`` for the synthetic records to carry the paper's three instructions,
+which the methods that merge several instructions per image read and the others leave).
 """
 
 from __future__ import annotations
 
-import random
 from typing import Callable
-
-from torch.utils.data import Dataset, Subset
 
 _KEYS = {"source", "families", "domain", "seed", "train_scenes", "val_scenes", "test_scenes", "train_limit",
          "val_limit", "test_limit", "few_shot", "few_shot_seed", "options"}
@@ -33,10 +33,14 @@ def check(data: dict, where: str) -> None:
     few = data.get("few_shot")
     if few is not None and (isinstance(few, bool) or not isinstance(few, int) or few < 1):
         raise ValueError(f"{where}: few_shot must be null or a positive integer, got {few!r}")
+    seed = data.get("few_shot_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"{where}: few_shot_seed must be an integer, got {seed!r}")
 
 
 def load_splits(data: dict, image_size: int) -> dict:
-    """``{"train", "val", "test"}`` data sets of records for a setting's ``data`` object."""
+    """``{"train", "val", "test"}`` data sets of records for a setting's ``data`` object, and ``few_shot``:
+    ``None``, or what the few-shot draw took (``{"few_shot", "seed", "num_records", "ids"}``)."""
     source = data.get("source", "synthetic")
     options = data.get("options", {})
     if source == "synthetic":
@@ -53,17 +57,14 @@ def load_splits(data: dict, image_size: int) -> dict:
         splits = {split: load_data(source, split, limit=data.get(f"{split}_limit"), image_size=image_size,
                                    **options)
                   for split in ("train", "val", "test")}
+    splits["few_shot"] = None
     if data.get("few_shot"):
-        splits["train"] = few_shot(splits["train"], data["few_shot"], data.get("few_shot_seed", 0))
+        from ..data.fewshot import few_shot
+
+        n, seed = data["few_shot"], data.get("few_shot_seed", 0)
+        splits["train"], ids = few_shot(splits["train"], n, seed)
+        splits["few_shot"] = {"few_shot": n, "seed": seed, "num_records": len(ids), "ids": ids}
     return splits
-
-
-def few_shot(dataset: Dataset, n: int, seed: int) -> Dataset:
-    """``n`` records drawn without replacement by ``seed`` (all of them if there are fewer)."""
-    if n >= len(dataset):
-        return dataset
-    indices = sorted(random.Random(f"petal-compare-few-shot/{seed}").sample(range(len(dataset)), n))
-    return Subset(dataset, indices)
 
 
 class RecordingCollator:
@@ -79,4 +80,4 @@ class RecordingCollator:
         return self.collator(records)
 
 
-__all__ = ["RecordingCollator", "check", "few_shot", "load_splits"]
+__all__ = ["RecordingCollator", "check", "load_splits"]

@@ -1,10 +1,12 @@
 """What a plan costs, before it runs: seconds per run from measured step times, or GPU hours from a FLOP
 model of the real checkpoints.
 
-* ``"device": "cpu"`` (the quick grid): the seconds per training step of each preset, measured on the grid's
-  compare model and written into the grid's ``estimate`` section with the conditions they were measured
-  under; a preset without a measurement takes ``default``. Runs already finished in the output folder
-  contribute their own measured times instead.
+* ``"device": "cpu"`` (the quick grid): the seconds per training step of each preset (or of an experiment,
+  by its name, when its overrides change the cost: e.g. an ablation reading three instructions), measured on
+  the grid's compare model and written into the grid's ``estimate`` section with the conditions they were
+  measured under; a preset without a measurement takes ``default``. ``eval_seconds_per_record`` is a number
+  or a table of the same form (several instructions per image make evaluation slower too). Runs already
+  finished in the output folder contribute their own measured times instead.
 * ``"device": "gpu"`` (the paper grid): nothing of the real models is measured here (no GPU, no download).
   The step cost is counted in FLOPs from the models' sizes and token counts listed in the grid (forward
   ``2·params·tokens`` per part; the backward computes input gradients through every part between the
@@ -19,13 +21,36 @@ from typing import Optional
 
 from .plan import ExperimentPlan, Plan
 
-# where a method's gradients must flow: "qformer-weights" (full), "qformer" (adapters inside the Q-Former),
-# "lm" (adapters in the language model, or only the projection after the Q-Former)
-_FLOW = {"full": "qformer-weights", "head": "lm", "vl-pet": "lm"}
+# where a method's gradients must flow: "qformer-weights" (full), "qformer" (adapters inside the Q-Former:
+# petal, lora on the Q-Former, maple, llama-adapter), "lm" (adapters in the language model: vl-pet,
+# vl-adapter, lora on the T5). `head` trains the last Q-Former layer: its backward through that one layer
+# (1/12 of InstructBLIP's Q-Former, about 0.3% of a FlanT5-xxl step) is left out, so it counts as "lm".
+_FLOW = {"full": "qformer-weights", "head": "lm", "vl-pet": "lm", "vl-adapter": "lm"}
 
 
 def flow(config: dict) -> str:
+    if config.get("method") == "lora":
+        return "lm" if (config.get("lora") or {}).get("target") == "t5" else "qformer"
     return _FLOW.get(config.get("method"), "qformer")
+
+
+def instructions_per_image(content: dict) -> int:
+    """How many times the Q-Former runs per image: the config's instruction count for a method that merges
+    several (``focus`` / ``random``, or the synthetic records' own three with ``options.instructions``),
+    else once. A folder's own instruction lists are not read at plan time and count as one."""
+    config = content.get("petal") or {}
+    aim = config.get("aim") or {}
+    if config.get("method") != "petal" or not aim.get("enabled", True):
+        return 1
+    settings = config.get("instructions") or {}
+    if settings.get("source", "record") != "record":
+        return int(settings.get("count", 1))
+    data = content.get("data") or {}
+    if data.get("source", "synthetic") == "synthetic" and (data.get("options") or {}).get("instructions"):
+        from ..data.instructions import FOCUS_INSTRUCTIONS
+
+        return len(FOCUS_INSTRUCTIONS)
+    return 1
 
 
 def steps_of(ep: ExperimentPlan, train_records: Optional[int], processes: int = 1) -> int:
@@ -40,15 +65,21 @@ def steps_of(ep: ExperimentPlan, train_records: Optional[int], processes: int = 
     return max(1, math.ceil(budget.epochs * records / (budget.batch_size * processes)))
 
 
+def _lookup(table, ep: ExperimentPlan, default: float) -> float:
+    """A number, or ``{experiment name | preset | "default": number}`` looked up in that order."""
+    if not isinstance(table, dict):
+        return float(table)
+    return table.get(ep.experiment.name, table.get(ep.experiment.preset, table.get("default", default)))
+
+
 def cpu_run_seconds(ep: ExperimentPlan, estimate: dict, measured: Optional[float] = None) -> float:
-    table = estimate.get("seconds_per_step", {})
-    per_step = measured or table.get(ep.experiment.preset, table.get("default", 1.0))
+    per_step = measured or _lookup(estimate.get("seconds_per_step", {}), ep, 1.0)
     data = ep.setting.data
     test_records = data.get("test_scenes", 0) * len(data.get("families") or [1])
     steps = steps_of(ep, None)
     batch = ep.setting.budget.batch_size
     train = per_step * steps * batch / estimate.get("batch_size", batch)
-    return (train + estimate.get("eval_seconds_per_record", 0.0) * test_records
+    return (train + _lookup(estimate.get("eval_seconds_per_record", 0.0), ep, 0.0) * test_records
             + estimate.get("run_overhead_seconds", 0))
 
 
@@ -56,7 +87,7 @@ def gpu_example_flops(ep: ExperimentPlan, estimate: dict, cached_images: bool = 
     """FLOPs of one training example (forward + backward) for this experiment's method."""
     m = _sizes(ep, estimate)
     vision = 0.0 if cached_images else 2 * m["vision_params"] * m["vision_tokens"]
-    qformer = 2 * m["qformer_params"] * m["qformer_tokens"]
+    qformer = 2 * m["qformer_params"] * m["qformer_tokens"] * instructions_per_image(ep.content)
     lm = 2 * (m["lm_encoder_params"] * m["lm_input_tokens"] + m["lm_decoder_params"] * m["lm_output_tokens"])
     kind = flow(ep.content.get("petal", {}))
     backward = lm  # input gradients through the whole LM (every method's trainable part sits before its end)
@@ -70,7 +101,8 @@ def gpu_example_flops(ep: ExperimentPlan, estimate: dict, cached_images: bool = 
 def gpu_eval_flops(ep: ExperimentPlan, estimate: dict) -> float:
     m = _sizes(ep, estimate)
     beams = ep.content.get("eval", {}).get("num_beams", 5)
-    return 2 * (m["vision_params"] * m["vision_tokens"] + m["qformer_params"] * m["qformer_tokens"]
+    return 2 * (m["vision_params"] * m["vision_tokens"]
+                + m["qformer_params"] * m["qformer_tokens"] * instructions_per_image(ep.content)
                 + m["lm_encoder_params"] * m["lm_input_tokens"]
                 + beams * m["lm_decoder_params"] * m["lm_output_tokens"])
 
@@ -167,5 +199,5 @@ def plan_seconds(plan: Plan, measured: Optional[dict] = None) -> dict:
             for ep in plan.unique()}
 
 
-__all__ = ["flow", "gpu_example_flops", "gpu_train_flops", "plan_seconds", "pretrain_seconds",
-           "projected_table5", "run_seconds", "steps_of"]
+__all__ = ["flow", "gpu_example_flops", "gpu_train_flops", "instructions_per_image", "plan_seconds",
+           "pretrain_seconds", "projected_table5", "run_seconds", "steps_of"]

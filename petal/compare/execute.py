@@ -75,6 +75,7 @@ def _execute(task: Task) -> dict:
 
     import petal
 
+    from ..data.collate import InstructionCollator
     from ..evaluate import evaluate
     from ..models.feature_cache import enable_feature_cache
     from ..train import TrainSettings, train_model
@@ -84,7 +85,8 @@ def _execute(task: Task) -> dict:
     splits = _splits(content["data"], loaded.image_size)
     model = copy.deepcopy(loaded.model)
     torch.manual_seed(task.seed)  # the adapter's initialisation is part of the seed
-    petal.patch(model, petal.PetalConfig.from_dict(content["petal"]))
+    config = petal.PetalConfig.from_dict(content["petal"])
+    petal.patch(model, config)
     counts = petal.trainable_parameters(model)
     cache = enable_feature_cache(model) if content["cache_image_features"] else None
     budget = content["budget"]
@@ -92,7 +94,11 @@ def _execute(task: Task) -> dict:
         max_steps=budget["max_steps"], epochs=budget["epochs"], batch_size=budget["batch_size"], lr=task.lr,
         weight_decay=budget["weight_decay"], warmup_steps=budget["warmup_steps"],
         max_grad_norm=budget["max_grad_norm"], seed=task.seed, progress=False)
-    collator = compare_data.RecordingCollator(loaded.train_collator)
+    # what the Q-Former reads per image, as `petal train` does: several instructions for a method that merges
+    # them (the config's source, or the records' own), the prompt for the others
+    collator = compare_data.RecordingCollator(InstructionCollator.for_config(loaded.train_collator, config,
+                                                                             train=True))
+    eval_collator = InstructionCollator.for_config(loaded.eval_collator, config, train=False)
     stamps = []
     device = next(model.parameters()).device
     _reset_peak(device)
@@ -107,9 +113,11 @@ def _execute(task: Task) -> dict:
     ev = content["eval"]
 
     def measure(split: str, generate: bool) -> dict:
-        r = evaluate(model, splits[split], loaded.eval_collator, loaded.decode,
+        r = evaluate(model, splits[split], eval_collator, loaded.decode,
                      batch_size=ev.get("batch_size", 32), num_beams=ev.get("num_beams", 5),
-                     max_new_tokens=ev.get("max_new_tokens", 20), generate=generate)
+                     max_new_tokens=ev.get("max_new_tokens", 20), generate=generate,
+                     cider_tokenizer=ev.get("cider_tokenizer", "auto"),
+                     rouge_variant=ev.get("rouge_variant", "rouge-score"))
         out = {"loss": r["loss"], "metrics": r["metrics"], "num_examples": r["num_examples"],
                "ids": [str(row["id"]) for row in r["rows"]]}
         if generate:  # kept so the run can be rescored without training it again
@@ -132,7 +140,8 @@ def _execute(task: Task) -> dict:
         "final_train_loss": trained.last_loss,
         "val": val, "test": test,
         "feature_cache": cache.stats() if cache is not None else None,
-        "data": {"train_ids_used": collator.ids, "val_ids": val.pop("ids"), "test_ids": test.pop("ids")},
+        "data": {"train_ids_used": collator.ids, "val_ids": val.pop("ids"), "test_ids": test.pop("ids"),
+                 "few_shot": splits["few_shot"]},
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
                         "machine": platform.machine(),
                         "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),

@@ -3,9 +3,14 @@
     {"table": "main", "method": "PETAL", "preset": "petal", "setting": "rotated",
      "overrides": {"aim": {"num_experts": 4}},      # optional: merged into the preset's PetalConfig
      "cache_image_features": false,                 # optional
-     "note": "..."}                                 # optional, shown in the plan
+     "paper_row": "petal",                          # optional: the papers' row (default: the preset)
+     "note": "..."}                                 # optional: for whoever reads the file
 
-``table`` says where its rows go in the report (:data:`TABLES`). Nothing about the budget (steps, batch,
+``table`` says where its rows go in the report (:data:`TABLES`). ``paper_row`` names the row of
+``paper_numbers.json`` the experiment is compared with (the papers' PETAL reads three instructions per
+image, so the PETAL experiments run the ``petal-focus`` preset with ``"paper_row": "petal"``; without it, an
+experiment stands for its preset's row unless it has overrides); a row the papers do not have is compared
+with nothing. Nothing about the budget (steps, batch,
 learning rates, seeds) is set here: a grid gives every method of a setting the same budget.
 """
 
@@ -17,8 +22,14 @@ from pathlib import Path
 from typing import Optional
 
 TABLES = ("main", "few-shot", "ablation", "timing", "experts", "vl-pet")
+# the PetalConfig sections each method's patch reads; an override of another section would change a run's
+# key and nothing it trains (or, for vl_pet on an InstructBLIP model, add VL-PET beside the method)
+_READS = {"petal": {"dma", "aim", "sib"}, "lora": {"lora"}, "head": {"head"}, "full": set(),
+          "maple": {"maple"}, "llama-adapter": {"llama_adapter"}, "vl-adapter": {"vl_adapter"},
+          "vl-pet": {"vl_pet"}}
+_ANY_METHOD = {"method", "instructions", "fast_paths"}
 _REQUIRED = {"table": str, "method": str, "preset": str, "setting": str}
-_OPTIONAL = {"overrides": dict, "cache_image_features": bool, "note": str}
+_OPTIONAL = {"overrides": dict, "cache_image_features": bool, "paper_row": str, "note": str}
 
 
 @dataclass(frozen=True)
@@ -30,8 +41,15 @@ class Experiment:
     setting: str
     overrides: dict = field(default_factory=dict)
     cache_image_features: bool = False
+    paper_row: str = ""
     note: str = ""
     path: Optional[Path] = None
+
+    @property
+    def row(self) -> str:
+        """The papers' row this experiment is compared with: ``paper_row``, else its preset, or its own name
+        when overrides make it something other than the preset."""
+        return self.paper_row or (self.name if self.overrides else self.preset)
 
     @classmethod
     def from_file(cls, path: Path, name: str) -> Experiment:
@@ -78,6 +96,14 @@ class Experiment:
                 config[section] = {**config[section], **values}
             else:
                 config[section] = values
+        reads = _READS.get(config["method"], set()) | _ANY_METHOD
+        unread = sorted(set(self.overrides) - reads)
+        if unread:
+            own = sorted(reads - _ANY_METHOD) or "no section"
+            raise ValueError(f"overrides: {unread} not read by method {config['method']!r} of preset "
+                             f"{self.preset!r} (it reads {own}): such an override leaves the method as it "
+                             "is, or adds another beside it (a vl_pet section adds VL-PET); name a preset "
+                             "for a combination of methods")
         try:
             return petal.PetalConfig.from_dict(config)
         except (TypeError, ValueError) as e:

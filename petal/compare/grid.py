@@ -6,7 +6,8 @@
      "model": {"kind": "compare"} | {"kind": "hf", "name": "Salesforce/instructblip-flan-t5-xxl"},
      "budget": {"max_steps": 60, "batch_size": 16, "lrs": [3e-4, 1e-3, 3e-3], "seeds": 3, ...},
      "select": {"metric": "loss", "mode": "min"},        # the learning rate chosen on val by this
-     "eval": {"num_beams": 5, "max_new_tokens": 12, "batch_size": 64},
+     "eval": {"num_beams": 5, "max_new_tokens": 12, "batch_size": 64,
+              "cider_tokenizer": "auto", "rouge_variant": "petal-paper"},   # the scorers' choices
      "settings": {"rotated": {"data": {...}, "budget": {...optional overrides...}, "model": {...optional},
                               "select": {...optional}}}}
 
@@ -27,6 +28,7 @@ from .experiment import Experiment
 GRIDS_DIR = Path(__file__).parent / "grids"
 GRID_FILE = "grid.json"
 SELECT_MODES = ("min", "max")
+EVAL_KEYS = ("num_beams", "max_new_tokens", "batch_size", "cider_tokenizer", "rouge_variant")
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ def load_grid(spec: str) -> Grid:
                                  _select(s.get("select", select), f"{where}.select"))
     grid = Grid(name=str(data.get("name", root.name)), root=root,
                 description=str(data.get("description", "")), model=model, budget=budget, select=select,
-                eval=dict(data.get("eval", {})), settings=settings, estimate=dict(data.get("estimate", {})))
+                eval=_eval(data.get("eval", {}), f"{path}: eval"), settings=settings,
+                estimate=dict(data.get("estimate", {})))
     grid.experiments.extend(_experiments(root))
     for exp in grid.experiments:
         grid.setting(exp.setting)
@@ -192,6 +195,24 @@ def _experiments(root: Path) -> list[Experiment]:
     if not files:
         raise ValueError(f"grid {root}: experiments/ holds no .json files")
     return [Experiment.from_file(f, f.relative_to(folder).with_suffix("").as_posix()) for f in files]
+
+
+def _eval(data, where: str) -> dict:
+    """Beam search and the scorers' choices (:func:`petal.evaluate.evaluate`'s arguments of those names)."""
+    from ..metrics import ROUGE_VARIANTS, TOKENIZERS
+
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be an object, got {data!r}")
+    unknown = sorted(set(data) - set(EVAL_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {list(EVAL_KEYS)}")
+    for name in ("num_beams", "max_new_tokens", "batch_size"):
+        if name in data and not _integer(data[name], 1):
+            raise ValueError(f"{where}: {name} must be a positive integer, got {data[name]!r}")
+    for name, choices in (("cider_tokenizer", TOKENIZERS), ("rouge_variant", ROUGE_VARIANTS)):
+        if name in data and data[name] not in choices:
+            raise ValueError(f"{where}: {name} must be one of {list(choices)}, got {data[name]!r}")
+    return dict(data)
 
 
 def _select(data, where: str) -> dict:

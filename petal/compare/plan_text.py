@@ -86,17 +86,22 @@ def _uncounted(plan: Plan) -> str:
 
 
 def _table5_check(plan: Plan) -> str:
-    """The FLOP model's Table-5 ratio next to the paper's, so the estimate can be judged."""
+    """The FLOP model's Table-5 ratios next to the paper's, so the estimate can be judged."""
     est = plan.grid.estimate
-    by_method = {}
+    flops: dict = {}
     for ep in plan.unique():
         if ep.experiment.table == "main" and ep.setting.model.get("name") in est.get("models", {}):
-            by_method.setdefault(estimate.flow(ep.content["petal"]), estimate.gpu_example_flops(ep, est))
-    if "qformer-weights" not in by_method or "qformer" not in by_method:
+            flops.setdefault(ep.experiment.row, (estimate.gpu_example_flops(ep, est),
+                                                 estimate.instructions_per_image(ep.content)))
+    if "full" not in flops:
         return ""
-    ratio = by_method["qformer"] / by_method["qformer-weights"]
-    return (f"the FLOP model puts a Q-Former adapter's step at {ratio:.2f}x full fine-tuning's (paper "
-            "Table 5: PETAL 0.85-0.91x, LoRA 0.86-0.93x)")
+    parts = [f"{row}'s step at {flops[row][0] / flops['full'][0]:.2f}x"
+             + (f" ({flops[row][1]} instructions per image in the Q-Former)" if flops[row][1] > 1 else "")
+             for row in ("petal", "lora") if row in flops]
+    if not parts:
+        return ""
+    return (f"the FLOP model puts {' and '.join(parts)} full fine-tuning's (paper Table 5: PETAL 0.85-0.91x, "
+            "LoRA 0.86-0.93x)")
 
 
 def _duration(seconds: float, gpu: bool) -> str:

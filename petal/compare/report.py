@@ -23,6 +23,8 @@ from .summary import (
     VL_PET_METRICS,
     ExperimentSummary,
     ablation_avg,
+    by_method,
+    first_stat,
     is_reference_petal,
     summarize,
     vl_pet_avg,
@@ -34,7 +36,14 @@ CAPTION_SOURCES = ("flickr30k", "textcaps")
 VQA_SOURCES = ("okvqa", "aokvqa", "textvqa")
 _NAMES = {"vqa_accuracy": "VQA acc", "cider": "CIDEr", "rouge1_f": "ROUGE-1 F1", "rouge1_r": "ROUGE-1 R",
           "rougeL_f": "ROUGE-L F1", "rougeL_r": "ROUGE-L R"}
-_DEFAULT_ROUGE = ("rouge1_f", "rouge1_r", "rougeL_f", "rougeL_r")
+CAPTION_COLUMNS = ("cider", "rouge1_f", "rouge1_r", "rougeL_f", "rougeL_r")   # the paper's Table 1
+# the text fields each evaluation writes beside its numbers, and what they say
+SCORER_FIELDS = {"vqa_scorer": "VQA accuracy by", "cider_tokenizer": "CIDEr-D tokenised by",
+                 "rouge_variant": "ROUGE variant"}
+PAPER_ROUGE_NOTE = ("The paper's \"ROUGE-L\" columns are ROUGE-1: its code stores ROUGE-1 under that "
+                    "name (`result_dict['Rogue_l'] = Rogue_score_1`), so they compare with the ROUGE-1 "
+                    "columns here (with the `petal-paper` variant, the same rules as that code); the ROUGE-L "
+                    "columns here are ROUGE-L.")
 
 
 def paper_numbers() -> dict:
@@ -113,11 +122,6 @@ def setting_tasks(plan: Plan, name: str) -> set:
     return {"caption", "vqa"}
 
 
-def _metric_names(summaries: list, prefix: str, default: tuple) -> list:
-    found = sorted({m for s in summaries for m in s.metrics if m.startswith(prefix) and "." not in m})
-    return found or list(default)
-
-
 def _cell(s: Optional[ExperimentSummary], metric: str) -> str:
     if s is None:
         return ""
@@ -126,9 +130,29 @@ def _cell(s: Optional[ExperimentSummary], metric: str) -> str:
     return s.stat(metric).text()
 
 
-def _note(cells: dict) -> str:
-    notes = sorted({s.note for s in cells.values() if s.note})
-    return "; ".join(notes)
+def _note(cells) -> str:
+    """The notes of one method's summaries, each once."""
+    return "; ".join(sorted({s.note for s in cells if s.note}))
+
+
+def scorer_line(summaries: list, fields=tuple(SCORER_FIELDS)) -> str:
+    """Which scorer, tokenizer and ROUGE variant produced a table's numbers, from the runs' own result files
+    (per setting when settings differ)."""
+    found: dict = {}
+    for s in summaries:
+        for name in fields:
+            value = s.scorers.get(name)
+            if value:
+                found.setdefault((name, value), []).append(s.setting)
+    if not found:
+        return ""
+    settings = {s.setting for s in summaries if s.scorers}
+    parts = []
+    for (name, value), where in found.items():
+        where = list(dict.fromkeys(where))
+        scope = "" if set(where) == settings else f" ({', '.join(where)})"
+        parts.append(f"{SCORER_FIELDS[name]} `{value}`{scope}")
+    return "Scored by the runs' evaluation: " + "; ".join(parts) + "."
 
 
 def _matrix(summaries: list, columns: list, extra_header=(), extra=lambda cells: []) -> str:
@@ -140,11 +164,15 @@ def _matrix(summaries: list, columns: list, extra_header=(), extra=lambda cells:
         seeds = sorted({str(c.seeds) for c in cells.values() if c.seeds})
         rows.append([method, params(trainable), *extra(cells),
                      *[_cell(cells.get(setting), metric) for setting, metric, _ in columns],
-                     ",".join(lrs) or "-", ",".join(seeds) or "0", _note(cells)])
+                     ",".join(lrs) or "-", ",".join(seeds) or "0", _note(cells.values())])
     return md_table(header, rows)
 
 
 # ---------------------------------------------------------------------- the tables
+
+
+def _with_notes(title: str, body: str, *notes: str) -> str:
+    return "\n\n".join([title, body, *[n for n in notes if n]])
 
 
 def table1(summaries: list, plan: Plan) -> str:
@@ -153,9 +181,10 @@ def table1(summaries: list, plan: Plan) -> str:
     settings = [n for n in dict.fromkeys(s.setting for s in rows) if "caption" in setting_tasks(plan, n)]
     if not settings or not any(s.seeds for s in rows):
         return _empty(title, rows, "main")
-    rouge = _metric_names(rows, "rouge", _DEFAULT_ROUGE)
-    columns = [(st, m, f"{st} {_NAMES.get(m, m)}") for st in settings for m in ["cider", *rouge]]
-    return f"{title}\n\n{_matrix(rows, columns)}"
+    columns = [(st, m, f"{st} {_NAMES[m]}") for st in settings for m in CAPTION_COLUMNS]
+    used = [s for s in rows if s.setting in settings]
+    return _with_notes(title, _matrix(rows, columns),
+                       scorer_line(used, ("cider_tokenizer", "rouge_variant")), PAPER_ROUGE_NOTE)
 
 
 def table2(summaries: list, plan: Plan) -> str:
@@ -170,7 +199,11 @@ def table2(summaries: list, plan: Plan) -> str:
         fams = sorted({m.split(".")[1] for s in rows if s.setting == st for m in s.metrics
                        if m.startswith("by_family.") and m.endswith(".vqa_accuracy")})
         columns += [(st, f"by_family.{f}.vqa_accuracy", f"{st} {f}") for f in fams]
-    return f"{title}\n\n{_matrix(rows, columns)}"
+    note = ("VQA accuracy is GT-Vision-Lab's `vqaEval` on ten-answer data (OK-VQA, TextVQA), A-OKVQA's own "
+            "direct-answer metric (`aokvqa-da`, its difficult questions skipped) on A-OKVQA, and exact match "
+            "(`exact-match`) on single-answer data such as the synthetic questions.")
+    used = [s for s in rows if s.setting in settings]
+    return _with_notes(title, _matrix(rows, columns), scorer_line(used, ("vqa_scorer",)), note)
 
 
 def table3(summaries: list) -> str:
@@ -182,29 +215,56 @@ def table3(summaries: list) -> str:
     columns = [(st, m, f"{st} {_NAMES.get(m, m)}") for st in settings
                for m in ("vqa_accuracy", "cider", "rouge1_f")
                if any(s.stat(m).mean is not None for s in rows if s.setting == st)]
-    return f"{title}\n\n{_matrix(rows, columns)}"
+    return _with_notes(title, _matrix(rows, columns), scorer_line(rows))
+
+
+def instructions_read(content: dict) -> str:
+    """What the Q-Former reads per image in a run of ``content``."""
+    from .estimate import instructions_per_image
+
+    n = instructions_per_image(content)
+    if n == 1:
+        return "prompt"
+    source = ((content.get("petal") or {}).get("instructions") or {}).get("source", "record")
+    return f"{n} " + {"focus": "focus", "random": "random", "record": "of the data"}[source]
 
 
 def table4(summaries: list) -> str:
-    title = "## Table 4 — ablations (test, x100; Avg as the paper's: VQA acc, CIDEr, ROUGE-L F1, ROUGE-L R)"
+    title = ("## Table 4 — ablations (test, x100; Avg as the paper's: VQA acc, CIDEr, and its \"ROUGE-L\" F1 "
+             "and recall, which are ROUGE-1)")
     rows = _of(summaries, "ablation")
     if not any(s.seeds for s in rows):
         return _empty(title, rows, "ablation")
-    ref = next((s for s in rows if is_reference_petal(s) and s.seeds), None)
+    groups = by_method(rows)
+    # the paper's order: the variants, random instruction, then PETAL itself last
+    ordered = sorted(groups.items(), key=lambda kv: any(is_reference_petal(s) for s in kv[1]))
+    ref = next((cells for _, cells in ordered if any(is_reference_petal(s) and s.seeds for s in cells)), None)
     ref_avg = ablation_avg(ref) if ref else None
+    paper = paper_numbers()["table4_ablation"]["rows"]
+    paper_ref = paper["petal"][-1]
     out = []
-    for s in rows:
-        cfg = s.plan.content.get("petal", {})
-        ticks = [("✓" if cfg.get(part, {}).get("enabled") else "×") if cfg else "?"
+    for method, cells in ordered:
+        first = cells[0]
+        cfg = first.plan.content.get("petal", {})
+        ticks = [("✓" if cfg.get(part, {}).get("enabled") else "×") if cfg.get("method") == "petal" else "?"
                  for part in ("dma", "aim", "sib")]
-        avg = ablation_avg(s) if not s.status else None
-        delta = f" ({avg - ref_avg:+.1f})" if avg is not None and ref_avg is not None and s is not ref else ""
-        out.append([s.method, *ticks, params(s.trainable),
-                    *[_cell(s, m) for m in ABLATION_METRICS], f"{avg:.1f}{delta}" if avg is not None else "-",
-                    s.note])
-    header = ["Method", "DMA", "AIM", "SIB", "Tunable", *[_NAMES[m] for m in ABLATION_METRICS],
-              "Avg (Δ PETAL)", "note"]
-    return f"{title}\n\n{md_table(header, out)}"
+        avg = ablation_avg(cells)
+        delta = (f" ({avg - ref_avg:+.1f})" if avg is not None and ref_avg is not None and cells is not ref
+                 else "")
+        theirs = paper.get(first.row)
+        their_avg = "" if theirs is None else f"{theirs[-1]:.1f}" + (
+            f" ({theirs[-1] - paper_ref:+.1f})" if first.row != "petal" else "")
+        trainable = next((c.trainable for c in cells if c.trainable), None)
+        out.append([method, *ticks, instructions_read(first.plan.content) if first.plan.content else "-",
+                    params(trainable), *[first_stat(cells, m).text() for m in ABLATION_METRICS],
+                    f"{avg:.1f}{delta}" if avg is not None else "-", their_avg, _note(cells)])
+    header = ["Method", "DMA", "AIM", "SIB", "Q-Former reads", "Tunable", "VQA acc", "CIDEr",
+              "ROUGE-1 F1 (paper: \"ROUGE-L\")", "ROUGE-1 R (paper: \"ROUGE-L\")", "Avg (Δ PETAL)",
+              "paper Avg (Δ)", "note"]
+    note = ("Q-Former reads: the prompt (one instruction), or several instructions per image merged by AIM "
+            "(the paper's three of different focus, or three drawn at random from InstructBLIP's templates); "
+            "methods without AIM read the prompt.")
+    return _with_notes(title, md_table(header, out), scorer_line(rows), note)
 
 
 def table5(summaries: list, paper: dict) -> str:
@@ -228,7 +288,7 @@ def table5(summaries: list, paper: dict) -> str:
                           and f.setting == s.setting and f.train_seconds.mean), None)
         if s.train_seconds.mean and full_wall:
             rel_wall = f"{s.train_seconds.mean / full_wall:.2f}"
-        p = paper_rows.get(s.preset)
+        p = paper_rows.get(s.row)
         prange = f"{min(p[1:]):.2f}–{max(p[1:]):.2f}" if p and not s.cached else ""
         mem = f"{s.peak_memory_bytes / 2**20:.0f} MiB" if s.peak_memory_bytes else "-"
         step = per.text(scale=1000.0, digits=0) + (" ms" if per.mean else "")
@@ -264,11 +324,12 @@ def table_experts(summaries: list, figure: Optional[Path]) -> str:
     rows.sort(key=lambda s: (experts_of(s) is None, experts_of(s) or 0))
     metrics = [m for m in ("vqa_accuracy", "cider", "rougeL_f")
                if any(s.stat(m).mean is not None for s in rows)]
-    out = [[experts_of(s) if experts_of(s) is not None else "-", s.method, params(s.trainable),
+    out = [[experts_of(s) if experts_of(s) is not None else "-", s.method,
+            instructions_read(s.plan.content) if s.plan.content else "-", params(s.trainable),
             *[_cell(s, m) for m in metrics], s.note] for s in rows]
-    fig = f"\n\n![experts curve]({figure.name})" if figure else ""
-    header = ["K", "Method", "Tunable", *[_NAMES[m] for m in metrics], "note"]
-    return f"{title}\n\n{md_table(header, out)}{fig}"
+    fig = f"![experts curve]({figure.name})" if figure else ""
+    header = ["K", "Method", "Q-Former reads", "Tunable", *[_NAMES[m] for m in metrics], "note"]
+    return _with_notes(title, md_table(header, out), scorer_line(rows), fig)
 
 
 def table_vl_pet(summaries: list) -> str:
@@ -278,15 +339,16 @@ def table_vl_pet(summaries: list) -> str:
     if not any(s.seeds for s in rows):
         return _empty(title, rows, "vl-pet")
     out = []
-    for s in rows:
-        vl = (s.plan.content.get("petal") or {}).get("vl_pet") or {}
-        avg = vl_pet_avg(s)
-        out.append([s.method, vl.get("granularity", "-"), vl.get("variant", "-"), params(s.trainable),
-                    *[_cell(s, m) for m in VL_PET_METRICS], f"{avg:.1f}" if avg is not None else "-",
-                    s.note])
+    for method, cells in by_method(rows).items():
+        vl = (cells[0].plan.content.get("petal") or {}).get("vl_pet") or {}
+        avg = vl_pet_avg(cells)
+        trainable = next((c.trainable for c in cells if c.trainable), None)
+        out.append([method, vl.get("granularity", "-"), vl.get("variant", "-"), params(trainable),
+                    *[first_stat(cells, m).text() for m in VL_PET_METRICS],
+                    f"{avg:.1f}" if avg is not None else "-", _note(cells)])
     header = ["Method", "granularity", "heads", "Tunable", *[_NAMES[m] for m in VL_PET_METRICS], "Avg",
               "note"]
-    return f"{title}\n\n{md_table(header, out)}"
+    return _with_notes(title, md_table(header, out), scorer_line(rows))
 
 
 # ---------------------------------------------------------------------- the rest

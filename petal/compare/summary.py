@@ -32,6 +32,8 @@ class ExperimentSummary:
     seeds: int = 0                          # finished runs at that rate
     trainable: Optional[int] = None
     metrics: dict = field(default_factory=dict)   # flattened test metric name -> Stat
+    scorers: dict = field(default_factory=dict)   # the test metrics' text fields: which scorer, tokenizer,
+    #                                               variant produced them (e.g. "vqa_scorer": "exact-match")
     seconds_per_step: Stat = field(default_factory=lambda: Stat(None, None, 0))
     train_seconds: Stat = field(default_factory=lambda: Stat(None, None, 0))
     peak_memory_bytes: Optional[int] = None
@@ -49,6 +51,11 @@ class ExperimentSummary:
     @property
     def method(self) -> str:
         return self.plan.experiment.method
+
+    @property
+    def row(self) -> str:
+        """The papers' row it is compared with (``Experiment.row``)."""
+        return self.plan.experiment.row
 
     @property
     def table(self) -> str:
@@ -82,12 +89,16 @@ class ExperimentSummary:
         return ""
 
 
-def flatten(metrics: dict, prefix: str = "") -> dict:
+def flatten(metrics: dict, prefix: str = "", text: bool = False) -> dict:
+    """``{"by_family.colour.vqa_accuracy": 0.5, ...}``: the numbers of a nested metrics dict, or with
+    ``text`` its strings (``vqa_scorer``, ``cider_tokenizer``, ``rouge_variant``); anything else is left."""
     out = {}
     for key, value in metrics.items():
         if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float)):
+            out.update(flatten(value, f"{prefix}{key}.", text))
+        elif text and isinstance(value, str):
+            out[f"{prefix}{key}"] = value
+        elif not text and isinstance(value, (int, float)) and not isinstance(value, bool):
             out[f"{prefix}{key}"] = float(value)
     return out
 
@@ -108,10 +119,15 @@ def summarize(plan: Plan, output: Path, refused: Optional[dict] = None) -> list[
         s.seeds = len(results)
         s.trainable = results[0]["trainable_parameters"]
         per_metric: dict = {}
+        per_text: dict = {}
         for r in results:
-            for name, value in flatten((r.get("test") or {}).get("metrics", {})).items():
+            metrics = (r.get("test") or {}).get("metrics") or {}
+            for name, value in flatten(metrics).items():
                 per_metric.setdefault(name, []).append(value)
+            for name, value in flatten(metrics, text=True).items():
+                per_text.setdefault(name, set()).add(value)
         s.metrics = {name: Stat(*mean_std(values)) for name, values in per_metric.items()}
+        s.scorers = {name: " / ".join(sorted(values)) for name, values in per_text.items()}
         s.seconds_per_step = Stat(*mean_std([r.get("seconds_per_step") for r in results]))
         s.train_seconds = Stat(*mean_std([r.get("train_seconds") for r in results]))
         loads = [x for r in results for x in (r.get("environment", {}).get("load_average") or [])
@@ -123,26 +139,49 @@ def summarize(plan: Plan, output: Path, refused: Optional[dict] = None) -> list[
     return out
 
 
-ABLATION_METRICS = ("vqa_accuracy", "cider", "rougeL_f", "rougeL_r")
+# the paper's Table 4 columns: A-OKVQA accuracy, Flickr30K CIDEr and "ROUGE-L" F1 / recall, which its code
+# computes as ROUGE-1 (README, "Training and evaluation"): our rouge1 keys compare like with like
+ABLATION_METRICS = ("vqa_accuracy", "cider", "rouge1_f", "rouge1_r")
 
 
-def ablation_avg(s: ExperimentSummary) -> Optional[float]:
-    """The paper's Table 4 average: VQA accuracy, CIDEr, ROUGE-L F1 and recall, each x100."""
-    values = [s.stat(m).mean for m in ABLATION_METRICS]
+def first_stat(cells, metric: str) -> Stat:
+    """``metric`` of the first of ``cells`` (one method's summaries, one per setting) that has it, so a row
+    can take its accuracy from a VQA setting and its CIDEr from a captioning one, as the papers' tables do."""
+    for s in cells:
+        if not s.status and s.stat(metric).mean is not None:
+            return s.stat(metric)
+    return Stat(None, None, 0)
+
+
+def ablation_avg(cells) -> Optional[float]:
+    """The paper's Table 4 average over one method's summaries: VQA accuracy, CIDEr, ROUGE-1 F1 and recall
+    (its "ROUGE-L"), each x100; ``None`` unless all four were measured."""
+    values = [first_stat(cells, m).mean for m in ABLATION_METRICS]
     return None if any(v is None for v in values) else 100 * sum(values) / len(values)
 
 
 def is_reference_petal(s: ExperimentSummary) -> bool:
-    return s.preset == "petal" and not s.plan.experiment.overrides
+    """The experiment standing for the papers' PETAL itself (``Experiment.row``)."""
+    return s.row == "petal"
 
 
 VL_PET_METRICS = ("vqa_accuracy", "cider", "rougeL_f")
 
 
-def vl_pet_avg(s: ExperimentSummary) -> Optional[float]:
-    values = [s.stat(m).mean for m in VL_PET_METRICS if s.stat(m).mean is not None]
-    return 100 * sum(values) / len(values) if values and not s.status else None
+def vl_pet_avg(cells) -> Optional[float]:
+    """Mean (x100) of the VL-PET table's columns that one method's summaries measured."""
+    values = [first_stat(cells, m).mean for m in VL_PET_METRICS]
+    values = [v for v in values if v is not None]
+    return 100 * sum(values) / len(values) if values else None
 
 
-__all__ = ["ABLATION_METRICS", "VL_PET_METRICS", "ExperimentSummary", "Stat", "ablation_avg", "flatten",
-           "is_reference_petal", "summarize", "vl_pet_avg"]
+def by_method(summaries: list) -> dict:
+    """``{method: [its summaries, one per setting]}`` in grid order."""
+    out: dict = {}
+    for s in summaries:
+        out.setdefault(s.method, []).append(s)
+    return out
+
+
+__all__ = ["ABLATION_METRICS", "VL_PET_METRICS", "ExperimentSummary", "Stat", "ablation_avg", "by_method",
+           "first_stat", "flatten", "is_reference_petal", "summarize", "vl_pet_avg"]
