@@ -37,7 +37,8 @@ def test_model_bounds():
     assert r.total(r.triton_dma_fwd(M, K, N, R)) > r.total(r.linear_fwd(M, K, N))
 
 
-USER_DOCS = {"BENCHMARKS.md", "COMPARE.md", "CUDA_BUILD.md", "ROOFLINE.md"}  # investigation logs live in docs/notes/
+# investigation logs live in docs/notes/
+USER_DOCS = {"BENCHMARKS.md", "COMPARE.md", "CUDA_BUILD.md", "ROOFLINE.md"}
 
 
 def test_doc_links_resolve_and_notes_live_apart():
