@@ -151,21 +151,24 @@ def test_the_estimate_counts_test_evaluation_for_the_chosen_rate_only(tmp_path):
     assert f"{total:.0f} s with 1 run(s) at a time" in text
 
 
-def test_resume_between_the_sweep_and_the_test_trains_nothing_again(tmp_path, one_thread, monkeypatch):
-    root = grid_root(tmp_path / "grid", {"main/petal": EXPERIMENTS["main/petal"]})
+def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def swept_and_interrupted(tmp_path, monkeypatch):
+    """PETAL's sweep in a fresh output, interrupted after it, before anything that follows the choice."""
+    plan = plan_of(grid_root(tmp_path / "grid", {"main/petal": EXPERIMENTS["main/petal"]}))
     out = tmp_path / "out"
-    plan = plan_of(root)
-    ep = plan.runnable[0]
-    sweep = ep.sweep_runs()
-
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    # interrupted after the sweep, before anything that follows the choice
     with monkeypatch.context() as m:
         m.setattr(runner, "_drop_states", interrupt)
         with pytest.raises(KeyboardInterrupt):
             quiet(plan, out)
+    return plan, plan.runnable[0], out
+
+
+def test_resume_between_the_sweep_and_the_test_trains_nothing_again(tmp_path, one_thread, monkeypatch):
+    plan, ep, out = swept_and_interrupted(tmp_path, monkeypatch)
+    sweep = ep.sweep_runs()
     assert all(state_path(out, run).is_file() and read_result(out, run)["test"] is None for run in sweep)
     before = {run.lr: read_result(out, run) for run in sweep}
     lr = choose_lr(ep, out)
@@ -213,18 +216,7 @@ def test_resume_between_the_sweep_and_the_test_trains_nothing_again(tmp_path, on
 
 
 def test_a_chosen_run_whose_state_is_gone_is_trained_again(tmp_path, one_thread, monkeypatch):
-    root = grid_root(tmp_path / "grid", {"main/petal": EXPERIMENTS["main/petal"]})
-    out = tmp_path / "out"
-    plan = plan_of(root)
-    ep = plan.runnable[0]
-
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(runner, "_drop_states", interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            quiet(plan, out)
+    plan, ep, out = swept_and_interrupted(tmp_path, monkeypatch)
     lr = choose_lr(ep, out)
     chosen = next(run for run in ep.sweep_runs() if run.lr == lr)
     val = read_result(out, chosen)["val"]

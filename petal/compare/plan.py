@@ -142,8 +142,12 @@ def make_plan(grid: Grid, only: Optional[set] = None) -> Plan:
 
 def _pair_twins(plans: list[ExperimentPlan]) -> None:
     """Point each cached experiment at a runnable experiment of the plan with the same content but the
-    cache off, if there is one: the cache is exact, so the two choose the same rate."""
-    uncached = {p.content_key: p for p in plans if p.runnable and not p.content["cache_image_features"]}
+    cache off, if there is one: the cache is exact, so the two choose the same rate. Of several experiment
+    files sharing the twin's runs, one of the main table's is named in the report."""
+    uncached: dict = {}
+    for p in sorted(plans, key=lambda p: p.experiment.table != "main"):
+        if p.runnable and not p.content["cache_image_features"]:
+            uncached.setdefault(p.content_key, p)
     for p in plans:
         if p.runnable and p.content["cache_image_features"]:
             p.twin = uncached.get(_hash({**p.content, "cache_image_features": False}))
