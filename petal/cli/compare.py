@@ -79,8 +79,8 @@ def run(args) -> int:
                   "again to continue (finished runs are skipped)", file=sys.stderr)
             return 130
         refused = summary.refused
-        print(f"ran {summary.ran} runs, skipped {summary.skipped} finished ones, in "
-              f"{summary.seconds / 60:.1f} min")
+        print(f"ran {summary.ran} runs ({summary.tested} test evaluations), skipped {summary.skipped} "
+              f"finished ones, in {summary.seconds / 60:.1f} min")
     rows = write_results(plan, output)
     report = write_report(plan, output, refused)
     print(f"wrote {output / 'results.json'} ({len(rows)} rows), {report} and its plots")

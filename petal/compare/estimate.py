@@ -72,15 +72,20 @@ def _lookup(table, ep: ExperimentPlan, default: float) -> float:
     return table.get(ep.experiment.name, table.get(ep.experiment.preset, table.get("default", default)))
 
 
-def cpu_run_seconds(ep: ExperimentPlan, estimate: dict, measured: Optional[float] = None) -> float:
+def cpu_train_seconds(ep: ExperimentPlan, estimate: dict, measured: Optional[float] = None) -> float:
+    """One run's training (and its overhead) from the measured seconds per step."""
     per_step = measured or _lookup(estimate.get("seconds_per_step", {}), ep, 1.0)
-    data = ep.setting.data
-    test_records = data.get("test_scenes", 0) * len(data.get("families") or [1])
     steps = steps_of(ep, None)
     batch = ep.setting.budget.batch_size
-    train = per_step * steps * batch / estimate.get("batch_size", batch)
-    return (train + _lookup(estimate.get("eval_seconds_per_record", 0.0), ep, 0.0) * test_records
-            + estimate.get("run_overhead_seconds", 0))
+    overhead = estimate.get("run_overhead_seconds", 0)
+    return per_step * steps * batch / estimate.get("batch_size", batch) + overhead
+
+
+def cpu_test_seconds(ep: ExperimentPlan, estimate: dict) -> float:
+    """One run's test evaluation (generation over the test records)."""
+    data = ep.setting.data
+    test_records = data.get("test_scenes", 0) * len(data.get("families") or [1])
+    return _lookup(estimate.get("eval_seconds_per_record", 0.0), ep, 0.0) * test_records
 
 
 def gpu_example_flops(ep: ExperimentPlan, estimate: dict, cached_images: bool = False) -> float:
@@ -135,18 +140,36 @@ def gpu_train_flops(ep: ExperimentPlan, estimate: dict) -> float:
     return flops
 
 
-def gpu_run_seconds(ep: ExperimentPlan, estimate: dict) -> float:
+def _throughput(estimate: dict) -> float:
+    return estimate["gpus"] * estimate["peak_tflops"] * 1e12 * estimate["mfu"]
+
+
+def gpu_train_seconds(ep: ExperimentPlan, estimate: dict) -> float:
+    return gpu_train_flops(ep, estimate) / _throughput(estimate)
+
+
+def gpu_test_seconds(ep: ExperimentPlan, estimate: dict) -> float:
     test_records = estimate.get("test_records", {}).get(ep.setting.source, 0)
-    flops = gpu_train_flops(ep, estimate) + gpu_eval_flops(ep, estimate) * test_records
-    throughput = estimate["gpus"] * estimate["peak_tflops"] * 1e12 * estimate["mfu"]
-    return flops / throughput
+    return gpu_eval_flops(ep, estimate) * test_records / _throughput(estimate)
+
+
+def train_seconds(ep: ExperimentPlan, estimate: dict, measured: Optional[float] = None) -> float:
+    """Wall seconds of one run's training on the grid's device (all GPUs of a node for ``gpu``)."""
+    if estimate.get("device", "cpu") == "gpu":
+        return gpu_train_seconds(ep, estimate)
+    return cpu_train_seconds(ep, estimate, measured)
+
+
+def test_seconds(ep: ExperimentPlan, estimate: dict) -> float:
+    """Wall seconds of one run's test evaluation (only the runs at the chosen rate get one)."""
+    if estimate.get("device", "cpu") == "gpu":
+        return gpu_test_seconds(ep, estimate)
+    return cpu_test_seconds(ep, estimate)
 
 
 def run_seconds(ep: ExperimentPlan, estimate: dict, measured: Optional[float] = None) -> float:
-    """Wall seconds of one run of ``ep`` on the grid's device (all GPUs of a node for ``gpu``)."""
-    if estimate.get("device", "cpu") == "gpu":
-        return gpu_run_seconds(ep, estimate)
-    return cpu_run_seconds(ep, estimate, measured)
+    """Wall seconds of one run that is trained and evaluated on test."""
+    return train_seconds(ep, estimate, measured) + test_seconds(ep, estimate)
 
 
 def pretrain_seconds(plan: Plan) -> float:
@@ -192,12 +215,14 @@ def projected_table5(grid_name: str = "paper") -> Optional[str]:
 
 
 def plan_seconds(plan: Plan, measured: Optional[dict] = None) -> dict:
-    """``{content_key: seconds of all its runs}`` for the unique runnable experiments."""
+    """``{content_key: seconds of all its runs}`` for the unique runnable experiments: every training, and a
+    test evaluation for the runs at the chosen rate only."""
     measured = measured or {}
     est = plan.grid.estimate
-    return {ep.content_key: ep.run_count * run_seconds(ep, est, measured.get(ep.content_key))
-            for ep in plan.unique()}
+    return {ep.content_key: ep.run_count * train_seconds(ep, est, measured.get(ep.content_key))
+            + ep.test_count * test_seconds(ep, est) for ep in plan.unique()}
 
 
 __all__ = ["flow", "gpu_example_flops", "gpu_train_flops", "instructions_per_image", "plan_seconds",
-           "pretrain_seconds", "projected_table5", "run_seconds", "steps_of"]
+           "pretrain_seconds", "projected_table5", "run_seconds", "steps_of", "test_seconds",
+           "train_seconds"]

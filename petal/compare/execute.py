@@ -1,5 +1,7 @@
 """One run: patch a copy of the base model, train it with the run's budget, evaluate on val and test,
-and write the result file (atomically: an interrupted run leaves no file and is run again).
+and write the result file (atomically: an interrupted run leaves no file and is run again). A sweep run
+evaluates val only and keeps its trained state (:mod:`.state`) beside its result file; once its rate is
+chosen, its test evaluation loads that state and rewrites the result file with ``test`` filled in.
 
 A run is described entirely by its plan content plus seed and learning rate, so the same function runs
 in the main process or in a worker process (``--jobs``); bases and data sets are loaded once per process.
@@ -37,6 +39,10 @@ class Task:
     result_file: str
     select_metric: str
     threads: Optional[int] = None
+    # "full": train, evaluate val and test; "sweep": train, evaluate val, keep the state in state_file for a
+    # later "test": evaluate test from that state and fill it into the result file
+    mode: str = "full"
+    state_file: str = ""
 
 
 def base_for(model: dict, log=print):
@@ -70,7 +76,9 @@ def execute(task: Task) -> dict:
         torch.set_num_threads(threads)
 
 
-def _execute(task: Task) -> dict:
+def _prepare(task: Task):
+    """The run's model (a copy of the base, patched under the run's seed, feature cache on if asked), its data
+    splits, and ``measure(split, generate)``, which evaluates it as the grid's ``eval`` says."""
     import torch
 
     import petal
@@ -78,7 +86,6 @@ def _execute(task: Task) -> dict:
     from ..data.collate import InstructionCollator
     from ..evaluate import evaluate
     from ..models.feature_cache import enable_feature_cache
-    from ..train import TrainSettings, train_model
 
     content = task.content
     loaded = base_for(content["model"], log=lambda s: None)
@@ -87,29 +94,8 @@ def _execute(task: Task) -> dict:
     torch.manual_seed(task.seed)  # the adapter's initialisation is part of the seed
     config = petal.PetalConfig.from_dict(content["petal"])
     petal.patch(model, config)
-    counts = petal.trainable_parameters(model)
     cache = enable_feature_cache(model) if content["cache_image_features"] else None
-    budget = content["budget"]
-    settings = TrainSettings(
-        max_steps=budget["max_steps"], epochs=budget["epochs"], batch_size=budget["batch_size"], lr=task.lr,
-        weight_decay=budget["weight_decay"], warmup_steps=budget["warmup_steps"],
-        max_grad_norm=budget["max_grad_norm"], seed=task.seed, progress=False)
-    # what the Q-Former reads per image, as `petal train` does: several instructions for a method that merges
-    # them (the config's source, or the records' own), the prompt for the others
-    collator = compare_data.RecordingCollator(InstructionCollator.for_config(loaded.train_collator, config,
-                                                                             train=True))
     eval_collator = InstructionCollator.for_config(loaded.eval_collator, config, train=False)
-    stamps = []
-    device = next(model.parameters()).device
-    _reset_peak(device)
-    load_before = _load()
-    start = time.perf_counter()
-    trained = train_model(model, splits["train"], collator, settings, log=lambda s: None,
-                          on_step=lambda step, logs: stamps.append(time.perf_counter()))
-    train_seconds = time.perf_counter() - start
-    peak = _peak(device)
-    load_after = _load()
-    steps = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
     ev = content["eval"]
 
     def measure(split: str, generate: bool) -> dict:
@@ -124,9 +110,47 @@ def _execute(task: Task) -> dict:
             out["predictions"] = {str(row["id"]): row["prediction"] for row in r["rows"]}
         return out
 
+    return loaded, splits, model, config, cache, measure
+
+
+def _execute(task: Task) -> dict:
+    if task.mode == "test":
+        return _test_kept(task)
+    import torch
+
+    import petal
+
+    from ..data.collate import InstructionCollator
+    from ..train import TrainSettings, train_model
+    from .state import save_state
+
+    content = task.content
+    loaded, splits, model, config, cache, measure = _prepare(task)
+    counts = petal.trainable_parameters(model)
+    budget = content["budget"]
+    settings = TrainSettings(
+        max_steps=budget["max_steps"], epochs=budget["epochs"], batch_size=budget["batch_size"], lr=task.lr,
+        weight_decay=budget["weight_decay"], warmup_steps=budget["warmup_steps"],
+        max_grad_norm=budget["max_grad_norm"], seed=task.seed, progress=False)
+    # what the Q-Former reads per image, as `petal train` does: several instructions for a method that merges
+    # them (the config's source, or the records' own), the prompt for the others
+    collator = compare_data.RecordingCollator(InstructionCollator.for_config(loaded.train_collator, config,
+                                                                             train=True))
+    stamps = []
+    device = next(model.parameters()).device
+    _reset_peak(device)
+    load_before = _load()
+    start = time.perf_counter()
+    trained = train_model(model, splits["train"], collator, settings, log=lambda s: None,
+                          on_step=lambda step, logs: stamps.append(time.perf_counter()))
+    train_seconds = time.perf_counter() - start
+    peak = _peak(device)
+    load_after = _load()
+    steps = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
+
     eval_start = time.perf_counter()
     val = measure("val", generate=task.select_metric != "loss")
-    test = measure("test", generate=True)
+    test = measure("test", generate=True) if task.mode == "full" else None
     result = {
         "key": task.key, "content_key": task.content_key,
         "content": content, "seed": task.seed, "lr": task.lr,
@@ -140,8 +164,8 @@ def _execute(task: Task) -> dict:
         "final_train_loss": trained.last_loss,
         "val": val, "test": test,
         "feature_cache": cache.stats() if cache is not None else None,
-        "data": {"train_ids_used": collator.ids, "val_ids": val.pop("ids"), "test_ids": test.pop("ids"),
-                 "few_shot": splits["few_shot"]},
+        "data": {"train_ids_used": collator.ids, "val_ids": val.pop("ids"),
+                 "test_ids": test.pop("ids") if test else None, "few_shot": splits["few_shot"]},
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
                         "machine": platform.machine(),
                         "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
@@ -152,7 +176,36 @@ def _execute(task: Task) -> dict:
     }
     if cache is not None:
         cache.remove()
+    if task.mode == "sweep":  # the state first: a result file without its test always has its state beside it
+        save_state(model, Path(task.state_file))
     write_json(Path(task.result_file), result)
+    return result
+
+
+def _test_kept(task: Task) -> dict:
+    """A sweep run's test evaluation, from its kept state: the result file is rewritten with ``test`` filled
+    in, then the state file is deleted."""
+    import json
+
+    from .state import load_state
+
+    result_file, state_file = Path(task.result_file), Path(task.state_file)
+    result = json.loads(result_file.read_text())
+    _, _, model, _, cache, measure = _prepare(task)
+    load_state(model, state_file)
+    start = time.perf_counter()
+    test = measure("test", generate=True)
+    seconds = time.perf_counter() - start
+    result["test"] = test
+    result["data"]["test_ids"] = test.pop("ids")
+    result["eval_seconds"] = (result.get("eval_seconds") or 0.0) + seconds
+    result["test_eval_seconds"] = seconds
+    result["test_finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if cache is not None:  # a fresh cache: the test images only
+        result["feature_cache_test"] = cache.stats()
+        cache.remove()
+    write_json(result_file, result)
+    state_file.unlink(missing_ok=True)
     return result
 
 

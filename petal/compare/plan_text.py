@@ -9,7 +9,7 @@ from ..cli.common import table
 from . import estimate
 from .grid import budget_text
 from .plan import Plan
-from .results import read_result
+from .results import experiment_runs, read_result
 
 
 def measured_step_seconds(plan: Plan, output: Optional[Path]) -> dict:
@@ -18,7 +18,8 @@ def measured_step_seconds(plan: Plan, output: Optional[Path]) -> dict:
     if output is None:
         return found
     for ep in plan.unique():
-        times = [r["seconds_per_step"] for r in (read_result(output, run) for run in ep.sweep_runs())
+        _, runs = experiment_runs(ep, output)
+        times = [r["seconds_per_step"] for r in (read_result(output, run) for run in runs)
                  if r is not None and r.get("seconds_per_step")]
         if times:
             found[ep.content_key] = sorted(times)[len(times) // 2]
@@ -48,8 +49,10 @@ def plan_text(plan: Plan, output: Optional[Path] = None, jobs: int = 1) -> str:
         records = est.get("train_records", {}).get(ep.setting.source)
         steps = estimate.steps_of(ep, records, est.get("gpus", 1) if gpu else 1) if (
             b.max_steps or gpu) else f"{b.epochs:g} epochs"
+        runs = (f"{b.seeds} seeds at {ep.twin.experiment.name}'s lr" if ep.twin is not None
+                else f"{len(b.lrs)} lr x seed 0 + {b.seeds - 1} seeds")
         rows.append([exp.name, exp.table, exp.preset + (" +overrides" if exp.overrides else ""), exp.setting,
-                     f"{len(b.lrs)} lr x seed 0 + {b.seeds - 1} seeds" if first else "-", str(steps), cost])
+                     runs if first else "-", str(steps), cost])
     lines.append(table(["experiment", "table", "preset", "setting", "runs", "steps/run", "estimate"], rows))
     lines.append("")
     lines.append(f"budget (every method of a setting alike) - {budget_text(grid)}")
@@ -57,7 +60,7 @@ def plan_text(plan: Plan, output: Optional[Path] = None, jobs: int = 1) -> str:
     pre = estimate.pretrain_seconds(plan)
     if gpu:
         node_hours = total / 3600
-        lines.append(f"estimate: {plan.run_count} runs, {node_hours:.1f} hours on {est['gpus']} GPUs = "
+        lines.append(f"estimate: {_runs(plan)}, {node_hours:.1f} hours on {est['gpus']} GPUs = "
                      f"{node_hours * est['gpus']:.0f} GPU hours" + _uncounted(plan))
         lines.append(f"  from a FLOP count, not a measurement: {est.get('source', '')}")
         lines.append("  " + _table5_check(plan))
@@ -68,7 +71,7 @@ def plan_text(plan: Plan, output: Optional[Path] = None, jobs: int = 1) -> str:
 
         cached = (base_dir(grid.model) / "pretrain.json").is_file()
         pre = 0.0 if cached else pre
-        lines.append(f"estimate: {plan.run_count} runs, {_duration(total / jobs, False)} with {jobs} run(s) "
+        lines.append(f"estimate: {_runs(plan)}, {_duration(total / jobs, False)} with {jobs} run(s) "
                      f"at a time, plus pre-training the compare model: "
                      f"{'cached' if cached else _duration(pre, False)} "
                      f"(total {_duration(total / jobs + pre, False)})" + _uncounted(plan))
@@ -79,6 +82,10 @@ def plan_text(plan: Plan, output: Optional[Path] = None, jobs: int = 1) -> str:
                      "not be started; their rows in REPORT.md say why:")
         lines += [f"  {ep.experiment.name}: {ep.blocked}" for ep in plan.blocked]
     return "\n".join(lines)
+
+
+def _runs(plan: Plan) -> str:
+    return f"{plan.run_count} runs ({plan.test_count} evaluated on test: those at the chosen rate)"
 
 
 def _uncounted(plan: Plan) -> str:

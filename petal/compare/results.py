@@ -4,7 +4,8 @@ experiment's learning rate on val, and the rows of ``results.json``.
 One result file per run, ``<output>/runs/<content key>/seed<S>-lr<LR>.json``; ``results.json`` is a list
 of rows ``{"table", "method", "setting", "seed", "lr", "selected", "trainable_parameters", "metrics",
 "train_seconds", ...}`` (``metrics``: the test metrics; ``selected``: the run used the learning rate
-chosen on val, so it counts in the report's mean ± std).
+chosen on val, so it counts in the report's mean ± std; ``test_evaluated``: false for a sweep run whose rate
+was not chosen, which is never evaluated on test, so its ``metrics`` are ``{}``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,17 @@ RESULTS_FILE = "results.json"
 
 def write_json(path: Path, obj) -> None:
     """Write ``obj`` as JSON so that ``path`` holds either the old content or the new one, never a part."""
+    write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=_jsonable) + "\n").encode())
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` into a temporary file next to ``path``, then rename it over ``path`` (atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, default=_jsonable)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -50,6 +55,10 @@ def _jsonable(x):
 
 def result_path(output: Path, run: Run) -> Path:
     return Path(output) / RUNS_DIR / run.content_key / run.file_name
+
+
+def state_path(output: Path, run: Run) -> Path:
+    return Path(output) / RUNS_DIR / run.content_key / run.state_file_name
 
 
 def read_result(output: Path, run: Run) -> Optional[dict]:
@@ -80,7 +89,9 @@ def metric(result: dict, split: str, name: str) -> Optional[float]:
 def choose_lr(plan: ExperimentPlan, output: Path) -> Optional[float]:
     """The sweep's best learning rate on val by its setting's ``select`` (first in sweep order on ties);
     ``None`` until every sweep run has finished. A run whose val metric is missing or not finite (diverged)
-    never wins unless all are."""
+    never wins unless all are. A cached twin takes its twin's choice."""
+    if plan.twin is not None:
+        return choose_lr(plan.twin, output)
     select = plan.setting.select
     scores = []
     for run in plan.sweep_runs():
@@ -119,6 +130,7 @@ def rows(plan: Plan, output: Path) -> list[dict]:
                 "table": exp.table, "method": exp.method, "setting": exp.setting, "experiment": exp.name,
                 "seed": run.seed, "lr": run.lr, "selected": lr is not None and run.lr == lr,
                 "trainable_parameters": result["trainable_parameters"],
+                "test_evaluated": result.get("test") is not None,
                 "metrics": (result.get("test") or {}).get("metrics", {}),
                 "test_loss": (result.get("test") or {}).get("loss"),
                 "val_loss": (result.get("val") or {}).get("loss"),
@@ -145,4 +157,4 @@ def mean_std(values: list) -> tuple[Optional[float], Optional[float], int]:
 
 
 __all__ = ["RESULTS_FILE", "RUNS_DIR", "choose_lr", "experiment_runs", "mean_std", "metric", "read_result",
-           "result_path", "rows", "write_json", "write_results"]
+           "result_path", "rows", "state_path", "write_bytes", "write_json", "write_results"]

@@ -1,6 +1,8 @@
-"""Run a plan: pre-train (or load) the base models, then every experiment's learning-rate sweep, then its
-other seeds at the rate chosen on val; finished runs (their result files) are skipped; one progress bar
-with an ETA over the whole grid. Experiments that cannot run are refused, never dropped: they are listed
+"""Run a plan: pre-train (or load) the base models, then every experiment's learning-rate sweep (trained and
+evaluated on val; their states kept), then, at the rate chosen on val, the chosen sweep run's test evaluation
+and the other seeds (a cached twin's seeds at its twin's rate); the states of the other rates are deleted.
+Finished work (result files, with their ``test`` where it is due) is skipped; one progress bar with an ETA
+over the whole grid. Experiments that cannot run are refused, never dropped: they are listed
 with the reason, here and in the report.
 """
 
@@ -15,12 +17,13 @@ from typing import Callable, Optional
 from . import estimate, execute
 from . import model as models
 from .plan import ExperimentPlan, Plan, Run
-from .results import choose_lr, read_result, result_path
+from .results import choose_lr, read_result, result_path, state_path
 
 
 @dataclass
 class Summary:
-    ran: int = 0
+    ran: int = 0                 # trainings
+    tested: int = 0              # test evaluations (with their training, or of a kept sweep run)
     skipped: int = 0
     refused: dict = field(default_factory=dict)   # experiment name -> reason
     seconds: float = 0.0
@@ -55,39 +58,51 @@ def run_plan(plan: Plan, output: Path, jobs: int = 1, progress: bool = True,
     unique = plan.unique()
     for model in {json.dumps(ep.setting.model, sort_keys=True): ep.setting.model for ep in unique}.values():
         execute.base_for(model, log=log)  # pre-trains once, before any worker starts
-    per_run = {ep.content_key: estimate.run_seconds(ep, plan.grid.estimate) for ep in unique}
-    todo = {ep.content_key: _count_todo(ep, output) for ep in unique}
-    summary.skipped = plan.run_count - sum(todo.values())
+    est = plan.grid.estimate
+    cost = {ep.content_key: {"train": estimate.train_seconds(ep, est), "test": estimate.test_seconds(ep, est)}
+            for ep in unique}
+    work = {ep.content_key: _work(ep, output) for ep in unique}
+    trainings = sum(mode != "test" for modes in work.values() for mode in modes)
+    summary.skipped = plan.run_count - trainings
     if summary.skipped:
         log(f"{summary.skipped} of {plan.run_count} runs already finished in {output}: skipped")
-    bar = _bar(sum(per_run[k] * n for k, n in todo.items()), sum(todo.values()), progress)
+    bar = _bar(sum(_seconds(cost[k], m) for k, modes in work.items() for m in modes), trainings, progress)
     # in this process the caller's thread count stands (petal --threads); workers split it between them
     threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
     refused_keys: dict = {}
     try:
         with _Executor(jobs, threads) as pool:
-            for phase in ("sweep", "seeds"):
+            for phase in ("sweep", "chosen"):
                 tasks = []
                 for ep in unique:
+                    twin = ep.twin
+                    if twin is not None and twin.content_key in refused_keys:
+                        refused_keys.setdefault(ep.content_key, f"its uncached twin {twin.experiment.name}, "
+                                                f"whose rate it takes, was refused: "
+                                                f"{refused_keys[twin.content_key]}")
                     if ep.content_key in refused_keys:
                         continue
                     if phase == "sweep":
-                        runs = ep.sweep_runs()
+                        tasks += _sweep_tasks(ep, output)
                     else:
-                        lr = choose_lr(ep, output)
-                        runs = ep.seed_runs(lr) if lr is not None else []
-                    tasks += [(ep, run) for run in runs if read_result(output, run) is None]
-                for ep, run, error, _ in pool.run(
-                        [(ep, run, _task(ep, run, output, plan, threads)) for ep, run in tasks]):
+                        _drop_states(ep, output)
+                        tasks += _chosen_tasks(ep, output)
+                items = [((ep, run, mode), _task(ep, run, mode, output, threads)) for ep, run, mode in tasks]
+                for (ep, run, mode), error, _ in pool.run(items):
                     if error is not None:
                         refused_keys[ep.content_key] = error
                         log(f"refused {ep.experiment.name} (lr {run.lr:g}, seed {run.seed}): {error}")
+                    elif mode == "test":
+                        summary.tested += 1
                     else:
                         summary.ran += 1
-                    bar.update(per_run[ep.content_key])
-                    bar.set_description_str(f"petal compare: {summary.ran}/{sum(todo.values())} runs")
+                        summary.tested += mode == "full"
+                    bar.update(_seconds(cost[ep.content_key], mode))
+                    bar.set_description_str(f"petal compare: {summary.ran}/{trainings} runs")
     finally:
         bar.close()
+    for ep in unique:
+        _drop_states(ep, output)
     for ep in plan.runnable:
         if ep.content_key in refused_keys:
             summary.refused[ep.experiment.name] = refused_keys[ep.content_key]
@@ -95,17 +110,57 @@ def run_plan(plan: Plan, output: Path, jobs: int = 1, progress: bool = True,
     return summary
 
 
-def _count_todo(ep: ExperimentPlan, output: Path) -> int:
-    todo = sum(read_result(output, r) is None for r in ep.sweep_runs())
+def _seconds(cost: dict, mode: str) -> float:
+    """Estimated seconds of a task: a "sweep" run trains, a "test" evaluates, a "full" run does both."""
+    return (cost["train"] if mode != "test" else 0.0) + (cost["test"] if mode != "sweep" else 0.0)
+
+
+def _sweep_tasks(ep: ExperimentPlan, output: Path) -> list[tuple]:
+    """The sweep runs not finished yet; they wait for the choice of the rate to be tested (a sweep of one
+    rate has chosen it: that run is tested at once)."""
+    mode = "sweep" if ep.defers_test else "full"
+    return [(ep, run, mode) for run in ep.sweep_runs() if read_result(output, run) is None]
+
+
+def _chosen_tasks(ep: ExperimentPlan, output: Path) -> list[tuple]:
+    """Once the rate is chosen: the chosen sweep run's test (trained again if its state file is gone), and
+    the seeds at that rate not finished yet; nothing while the rate is not known."""
     lr = choose_lr(ep, output)
-    return todo + ((ep.setting.budget.seeds - 1) if lr is None else sum(
-        read_result(output, r) is None for r in ep.seed_runs(lr)))
+    if lr is None:
+        return []
+    tasks = []
+    for run in ep.sweep_runs():
+        result = read_result(output, run)
+        if run.lr == lr and result is not None and result.get("test") is None:
+            tasks.append((ep, run, "test" if state_path(output, run).is_file() else "full"))
+    return tasks + [(ep, run, "full") for run in ep.seed_runs(lr) if read_result(output, run) is None]
 
 
-def _task(ep: ExperimentPlan, run: Run, output: Path, plan: Plan, threads: Optional[int]) -> execute.Task:
+def _work(ep: ExperimentPlan, output: Path) -> list[str]:
+    """The modes of the tasks ``ep`` still needs (those after an unknown choice counted as they will be)."""
+    modes = [mode for _, _, mode in _sweep_tasks(ep, output)]
+    if choose_lr(ep, output) is not None:
+        return modes + [mode for _, _, mode in _chosen_tasks(ep, output)]
+    return modes + ["test"] * ep.defers_test + ["full"] * len(ep.seed_runs(0.0))
+
+
+def _drop_states(ep: ExperimentPlan, output: Path) -> None:
+    """Delete the kept states no test evaluation will read: those of the rates not chosen, and the chosen
+    run's once its test is in its result file."""
+    lr = choose_lr(ep, output)
+    if lr is None:
+        return
+    for run in ep.sweep_runs():
+        result = read_result(output, run)
+        if run.lr != lr or (result is not None and result.get("test") is not None):
+            state_path(output, run).unlink(missing_ok=True)
+
+
+def _task(ep: ExperimentPlan, run: Run, mode: str, output: Path, threads: Optional[int]) -> execute.Task:
     return execute.Task(key=run.key, content_key=ep.content_key, content=ep.content, lr=run.lr, seed=run.seed,
                         result_file=str(result_path(output, run)),
-                        select_metric=ep.setting.select["metric"], threads=threads)
+                        select_metric=ep.setting.select["metric"], threads=threads, mode=mode,
+                        state_file=str(state_path(output, run)))
 
 
 def _attempt(task: execute.Task):
@@ -147,18 +202,19 @@ class _Executor:
         self.pool.shutdown(wait=kind is None, cancel_futures=True)
 
     def run(self, items):
+        """``items``: ``(tag, task)`` pairs; yields ``(tag, error, result)`` as each task finishes."""
         if self.pool is None:
-            for ep, run, task in items:
+            for tag, task in items:
                 error, result = _attempt(task)
-                yield ep, run, error, result
+                yield tag, error, result
             return
-        pending = {self.pool.submit(_attempt, task): (ep, run) for ep, run, task in items}
+        pending = {self.pool.submit(_attempt, task): tag for tag, task in items}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                ep, run = pending.pop(future)
+                tag = pending.pop(future)
                 error, result = future.result()
-                yield ep, run, error, result
+                yield tag, error, result
 
 
 def _bar(total_seconds: float, runs: int, show: bool):

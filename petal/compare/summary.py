@@ -74,11 +74,18 @@ class ExperimentSummary:
 
     @property
     def note(self) -> str:
-        """The status, or a warning that the chosen rate is the sweep's smallest or largest."""
+        """The status, or where the rate came from: a cached twin's from its twin's sweep, and a warning that
+        the chosen rate is the sweep's smallest or largest."""
+        if self.status:
+            return self.status
+        notes = []
+        twin = self.plan.twin
+        if twin is not None and self.lr is not None:
+            notes.append(f"lr from {twin.experiment.name} (the same training without the cache)")
         lrs = self.plan.setting.budget.lrs
-        if not self.status and len(lrs) > 1 and self.lr in (min(lrs), max(lrs)):
-            return f"chosen lr at the edge of the sweep {list(lrs)}"
-        return self.status
+        if len(lrs) > 1 and self.lr in (min(lrs), max(lrs)):
+            notes.append(f"chosen lr at the edge of the sweep {list(lrs)}")
+        return "; ".join(notes)
 
     @property
     def status(self) -> str:
@@ -113,7 +120,9 @@ def summarize(plan: Plan, output: Path, refused: Optional[dict] = None) -> list[
             continue
         lr, runs = experiment_runs(ep, Path(output))
         s.lr = lr
-        results = [r for r in (read_result(output, run) for run in runs if run.lr == lr) if r is not None]
+        # the runs at the chosen rate that have their test (the chosen sweep run's comes after the choice)
+        results = [r for r in (read_result(output, run) for run in runs if run.lr == lr)
+                   if r is not None and r.get("test") is not None]
         if lr is None or not results:
             continue
         s.seeds = len(results)
