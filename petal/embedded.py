@@ -207,9 +207,11 @@ def _build_once(path: Path, spec: EmbeddedSpec, settings: PretrainSettings, log:
                                image_size=spec.image_size)
         collator = WordCollator(tokenizer, spec.num_query_tokens, spec.image_size)
         start = time.perf_counter()
-        log(f"pre-training the embedded base model once for this machine ({settings.steps} steps, all "
-            f"weights; about {max(1, round(settings.steps * PRETRAIN_SECONDS_PER_STEP))} s on one CPU "
-            f"thread) -> {path}")
+        # the per-step time is measured for the default spec and batch only; another model gets no guess
+        about = (f"; about {max(1, round(settings.steps * PRETRAIN_SECONDS_PER_STEP))} s on one CPU thread"
+                 if spec == EmbeddedSpec() and settings.batch_size == PretrainSettings.batch_size else "")
+        log(f"pre-training the embedded base model once for this machine ({settings.steps} steps of batch "
+            f"{settings.batch_size}, all weights{about}) -> {path}")
         result = train_model(model, data, collator, TrainSettings(
             max_steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
             weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps, seed=settings.seed,
