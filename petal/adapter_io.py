@@ -127,9 +127,13 @@ def read_adapter_config(path: Union[str, Path]) -> tuple[dict, PetalConfig]:
 
 def read_adapter_weights(path: Union[str, Path]) -> dict:
     """The tensors of ``adapter_model.safetensors`` (a truncated or corrupt file is a ``ValueError``)."""
+    return read_safetensors(Path(path) / WEIGHTS_NAME)
+
+
+def read_safetensors(file: Union[str, Path]) -> dict:
+    """The tensors of a safetensors file; a truncated or corrupt one is a ``ValueError`` naming it."""
     from safetensors.torch import load_file
 
-    file = Path(path) / WEIGHTS_NAME
     try:
         return load_file(str(file))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types (and OSError, ...)

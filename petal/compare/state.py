@@ -13,7 +13,9 @@ from .results import write_bytes
 def save_state(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save
 
-    tensors = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    from ..adapter_io import adapter_state_dict
+
+    tensors = {n: t.cpu().clone() for n, t in adapter_state_dict(model).items()}
     tensors.update({n: b.detach().cpu().clone() for n, b in model.named_buffers()})
     write_bytes(path, save(tensors, metadata={"format": "pt"}))
 
@@ -21,12 +23,9 @@ def save_state(model: torch.nn.Module, path: Path) -> None:
 def load_state(model: torch.nn.Module, path: Path) -> None:
     """Copy a saved state into ``model`` (patched as the run was); ``ValueError`` naming the file if it is
     unreadable or does not fit."""
-    from safetensors.torch import load_file
+    from ..adapter_io import read_safetensors
 
-    try:
-        saved = load_file(str(path))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types (and OSError, ...)
-        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+    saved = read_safetensors(path)
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     missing = sorted(n for n, p in params.items() if p.requires_grad and n not in saved)
     unknown = sorted(set(saved) - set(params) - set(buffers))
